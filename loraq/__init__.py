@@ -1,0 +1,1 @@
+"""loraq's domain: shared by the API and the worker, importing neither."""

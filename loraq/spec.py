@@ -1,0 +1,173 @@
+"""The job spec: what a client may ask of a training run, with bounds, and its resolved form."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ATTENTION_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+# The base learning rate that learning_rate_multiplier scales: a common LoRA default.
+BASE_LEARNING_RATE = 2e-4
+
+Auto = Literal["auto"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Hyperparameters(_Strict):
+    """OpenAI's supervised hyperparameters plus loraq's additions; "auto" is resolved per dataset."""
+
+    n_epochs: Annotated[int, Field(ge=1, le=50)] | Auto = "auto"
+    batch_size: Annotated[int, Field(ge=1, le=256)] | Auto = "auto"
+    learning_rate_multiplier: Annotated[float, Field(gt=0, le=100)] | Auto = "auto"
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Absolute learning rate; overrides learning_rate_multiplier."
+    )
+    max_seq_len: Annotated[int, Field(ge=16, le=32768)] = 1024
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    warmup_ratio: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 1.0
+    save_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="Checkpoint every N optimizer steps; None saves only at the end."
+    )
+    logging_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
+    train_on_inputs: bool = Field(
+        default=False, description="Compute the loss on prompt tokens too, not only on answers."
+    )
+
+
+class ResolvedHyperparameters(_Strict):
+    """Hyperparameters with every "auto" replaced by a number: what the worker trains with."""
+
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+    max_seq_len: int
+    gradient_accumulation_steps: int
+    warmup_ratio: float
+    lr_scheduler: Literal["linear", "cosine", "constant"]
+    weight_decay: float
+    max_grad_norm: float
+    save_steps: int | None
+    logging_steps: int
+    train_on_inputs: bool
+
+
+def resolve_hyperparameters(hp: Hyperparameters, *, n_examples: int) -> ResolvedHyperparameters:
+    """Replace "auto" by values from the dataset's size.
+
+    The rule: n_epochs gives small datasets enough passes to learn (about 100 example
+    visits, 1 to 10 epochs); batch_size grows with the data (1 per 32 examples,
+    1 to 8); the multiplier is 1, so the learning rate is BASE_LEARNING_RATE.
+    """
+    n = max(n_examples, 1)
+    n_epochs = hp.n_epochs if hp.n_epochs != "auto" else min(10, max(1, math.ceil(100 / n)))
+    batch_size = hp.batch_size if hp.batch_size != "auto" else min(8, max(1, n // 32))
+    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    learning_rate = hp.learning_rate if hp.learning_rate is not None else BASE_LEARNING_RATE * multiplier
+    fields = hp.model_dump(exclude={"n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate"})
+    return ResolvedHyperparameters(
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate_multiplier=multiplier,
+        learning_rate=learning_rate,
+        **fields,
+    )
+
+
+class Quantization(_Strict):
+    """How the frozen base is stored: 4-bit (NF4/FP4) or 8-bit through bitsandbytes."""
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on a GPU that supports it, else float32."
+    )
+
+
+class AdapterSpec(_Strict):
+    """loraq's `adapter` object: the LoRA/QLoRA controls."""
+
+    type: Literal["lora", "qlora"] = "qlora"
+    r: Annotated[int, Field(ge=1, le=1024)] = 8
+    alpha: Annotated[float, Field(gt=0, le=4096)] = 16
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: (
+        Annotated[
+            list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.]{1,64}$")]], Field(min_length=1, max_length=64)
+        ]
+        | Literal["all-linear"]
+    ) = Field(default_factory=lambda: list(ATTENTION_PROJECTIONS))
+    quantization: Quantization | None = None
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="For lora: the dtype the base is loaded and computed in."
+    )
+
+    @model_validator(mode="after")
+    def _quantization_matches_type(self) -> AdapterSpec:
+        if self.type == "lora" and self.quantization is not None:
+            raise ValueError("quantization applies only to type 'qlora'; a 'lora' base is not quantized")
+        if self.type == "qlora" and self.quantization is None:
+            self.quantization = Quantization(compute_dtype=self.compute_dtype)
+        return self
+
+    @property
+    def effective_compute_dtype(self) -> str:
+        """The requested compute dtype ("auto" still unresolved: that needs the device)."""
+        return self.quantization.compute_dtype if self.quantization else self.compute_dtype
+
+
+class SupervisedMethod(_Strict):
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Method(_Strict):
+    type: Literal["supervised"] = "supervised"
+    supervised: SupervisedMethod = Field(default_factory=SupervisedMethod)
+
+
+MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Field(max_length=512)]
+
+
+class JobCreate(_Strict):
+    """The body of POST /v1/fine_tuning/jobs: everything a client may set, nothing the server owns."""
+
+    model: Annotated[str, Field(min_length=1, max_length=255)]
+    training_file: Annotated[str, Field(min_length=1, max_length=64)]
+    validation_file: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+    suffix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] | None = None
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    metadata: Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)] | None = None
+    method: Method | None = None
+    hyperparameters: Hyperparameters | None = Field(
+        default=None, description="OpenAI's older top-level form; method.supervised.hyperparameters wins."
+    )
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+
+    @model_validator(mode="after")
+    def _one_place_for_hyperparameters(self) -> JobCreate:
+        if self.method is not None and self.hyperparameters is not None:
+            raise ValueError(
+                "give hyperparameters in method.supervised.hyperparameters or at the top, not both"
+            )
+        if self.method is None:
+            self.method = Method(
+                supervised=SupervisedMethod(hyperparameters=self.hyperparameters or Hyperparameters())
+            )
+            self.hyperparameters = None
+        return self
+
+    @property
+    def requested_hyperparameters(self) -> Hyperparameters:
+        assert self.method is not None  # set by the validator
+        return self.method.supervised.hyperparameters

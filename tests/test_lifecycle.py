@@ -1,0 +1,106 @@
+"""The job state machine against a real database: claims, leases, cancels and finishes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from loraq import lifecycle
+from loraq.db import make_engine
+from loraq.lifecycle import JobStatus
+from loraq.migrate import upgrade_to_head
+from loraq.models import Job, Project
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'lifecycle.db'}"
+    else:
+        url = request.getfixturevalue("empty_postgres_database").replace("postgresql://", "postgresql+psycopg://")
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    with sessionmaker(bind=engine)() as session:
+        yield session
+        session.rollback()
+    engine.dispose()
+
+
+def new_job(session: Session) -> str:
+    project = Project(name="lifecycle-test")
+    session.add(project)
+    session.flush()
+    job = Job(project_id=project.id, model="m", training_file="file-x", seed=1, method={}, hyperparameters={},
+              adapter={}, status=JobStatus.QUEUED.value, result_files=[])
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def status(session: Session, job_id: str) -> str:
+    return str(session.scalar(select(Job.status).where(Job.id == job_id)))
+
+
+def claim(session: Session, job_id: str, owner: str, max_attempts: int = 3) -> lifecycle.Lease | None:
+    return lifecycle.claim(session, job_id, owner=owner, lease_seconds=30, max_attempts=max_attempts)
+
+
+def expire_lease(session: Session, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(lease_expires_at=time.time() - 1))
+
+
+def test_only_one_worker_wins_a_claim(session: Session) -> None:
+    job_id = new_job(session)
+    first = claim(session, job_id, "a")
+    assert first is not None and status(session, job_id) == "running"
+    assert claim(session, job_id, "b") is None, "a live lease refuses a second claim"
+
+
+def test_expired_lease_is_claimed_again_and_the_old_owner_loses(session: Session) -> None:
+    job_id = new_job(session)
+    old = claim(session, job_id, "a")
+    assert old is not None
+    expire_lease(session, job_id)
+    new = claim(session, job_id, "b")
+    assert new is not None
+    assert not lifecycle.renew(session, old, lease_seconds=30)
+    assert not lifecycle.succeed(session, old, result_files=["x"], fine_tuned_model="m", trained_tokens=1)
+    assert lifecycle.succeed(session, new, result_files=["x"], fine_tuned_model="m", trained_tokens=1)
+    assert status(session, job_id) == "succeeded"
+
+
+def test_cancel_takes_the_lease_away(session: Session) -> None:
+    job_id = new_job(session)
+    lease = claim(session, job_id, "a")
+    assert lease is not None
+    assert lifecycle.cancel(session, job_id)
+    assert not lifecycle.holds(session, lease)
+    assert not lifecycle.renew(session, lease, lease_seconds=30)
+    assert not lifecycle.succeed(session, lease, result_files=[], fine_tuned_model="m", trained_tokens=0)
+    assert status(session, job_id) == "cancelled"
+    assert not lifecycle.cancel(session, job_id), "terminal states are final"
+
+
+def test_a_job_that_keeps_killing_its_worker_fails(session: Session) -> None:
+    job_id = new_job(session)
+    for owner in ("a", "b"):
+        assert claim(session, job_id, owner, max_attempts=2) is not None
+        expire_lease(session, job_id)
+    assert claim(session, job_id, "c", max_attempts=2) is None
+    assert status(session, job_id) == "failed"
+    job = session.scalars(select(Job).where(Job.id == job_id)).one()
+    assert job.error is not None and "2 times" in job.error["message"]
+
+
+def test_finished_jobs_are_never_claimed(session: Session) -> None:
+    job_id = new_job(session)
+    lease = claim(session, job_id, "a")
+    assert lease is not None
+    assert lifecycle.fail(session, job_id, "boom", code="training_error", lease=lease)
+    assert claim(session, job_id, "b") is None
+    assert status(session, job_id) == "failed"
