@@ -1,0 +1,1 @@
+"""The HTTP face of loraq: thin routes over the `loraq` domain. Never imports torch or `worker`."""

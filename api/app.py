@@ -1,0 +1,32 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+
+from api.errors import install_error_handlers
+from api.routes import files, health, jobs, models
+from api.schemas import ErrorResponse
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="loraq",
+        version="0.1.0",
+        description="LoRA/QLoRA fine-tuning as a job queue, shaped like OpenAI's fine-tuning API.",
+        responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)},
+    )
+    install_error_handlers(app)
+    for module in (health, files, jobs, models):
+        app.include_router(module.router)
+
+    @app.get("/", include_in_schema=False)
+    def dashboard() -> FileResponse:
+        return FileResponse(STATIC_DIR / "dashboard.html")
+
+    return app
