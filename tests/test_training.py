@@ -1,0 +1,298 @@
+"""The training engine end to end on the tiny demo model: real tokenizer, real Trainer, real bitsandbytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read at import by huggingface_hub: tests never go online
+
+import pytest
+
+pytest.importorskip("torch")  # an API-only install has no training stack
+
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from loraq.spec import AdapterSpec, Hyperparameters, Quantization, resolve_hyperparameters
+from worker.demo_model import ensure_demo_model
+from worker.training import TrainingOutcome, TrainingRequest, TrainingStopped, train_adapter
+from worker.training.data import load_dataset, load_tokenizer
+from worker.training.export import pack_bundle
+from worker.training.model import load_model, pick_device
+
+BUNDLE_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "training_args.json",
+    "metrics.jsonl",
+    "manifest.json",
+    "README.md",
+}
+CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo")] * 4
+
+
+class RecordingReporter:
+    """Keeps everything training reports; says stop once should_stop has been asked `stop_after` times."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.progress: list[dict[str, Any]] = []
+        self.metrics: list[tuple[int, dict[str, Any]]] = []
+        self.checkpoints: list[tuple[int, Path, dict[str, Any]]] = []
+        self.stop_checks = 0
+        self.stop_after = stop_after
+
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        self.progress.append(progress)
+
+    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
+        self.metrics.append((step, metrics))
+
+    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
+        self.checkpoints.append((step, path, metrics))
+
+    def should_stop(self) -> bool:
+        self.stop_checks += 1
+        return self.stop_after is not None and self.stop_checks >= self.stop_after
+
+    def train_losses(self) -> list[float]:
+        return [metrics["train_loss"] for _, metrics in self.metrics if "train_loss" in metrics]
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_demo_model(tmp_path_factory.mktemp("models"))
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def chat_records() -> list[dict[str, Any]]:
+    return [
+        {
+            "messages": [
+                {"role": "system", "content": "You answer in one word."},
+                {"role": "user", "content": f"What is the capital of {country}?"},
+                {"role": "assistant", "content": f"{capital}."},
+            ]
+        }
+        for country, capital in CAPITALS
+    ]
+
+
+def make_request(
+    tmp_path: Path,
+    demo_model: Path,
+    records: list[dict[str, Any]],
+    dataset_format: str,
+    adapter: AdapterSpec,
+    *,
+    validation: list[dict[str, Any]] | None = None,
+    **hyperparameters: Any,
+) -> TrainingRequest:
+    settings = {"n_epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 64} | hyperparameters
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return TrainingRequest(
+        base_model_path=demo_model,
+        base_model_name="loraq-tiny-demo",
+        train_path=write_jsonl(tmp_path / "train.jsonl", records),
+        dataset_format=dataset_format,
+        validation_path=write_jsonl(tmp_path / "validation.jsonl", validation) if validation else None,
+        output_dir=tmp_path / "run",
+        hyperparameters=resolve_hyperparameters(Hyperparameters(**settings), n_examples=len(records)),
+        adapter=adapter,
+        seed=7,
+        resume_from=None,
+    )
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def logits(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=input_ids).logits
+
+
+QloraRun = tuple[TrainingOutcome, RecordingReporter]
+
+
+@pytest.fixture(scope="module")
+def qlora_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> QloraRun:
+    nf4 = Quantization(bits=4, quant_type="nf4", double_quant=True)
+    adapter = AdapterSpec(type="qlora", quantization=nf4)
+    request = make_request(tmp_path_factory.mktemp("qlora"), demo_model, chat_records(), "chat", adapter)
+    reporter = RecordingReporter()
+    return train_adapter(request, reporter), reporter
+
+
+def test_qlora_training_lowers_the_loss_on_a_4bit_base(qlora_run: QloraRun) -> None:
+    outcome, reporter = qlora_run
+    losses = reporter.train_losses()
+    assert outcome.steps == 12 and len(losses) == 12
+    assert losses[-1] < losses[0] * 0.7
+    manifest = read_json(outcome.bundle_dir / "manifest.json")
+    quantized = manifest["quantized_base"]
+    assert quantized["linear_layer_types"]["Linear4bit"] == quantized["quantized_linear_layers"] == 14
+    assert (quantized["bits"], quantized["quant_type"], quantized["double_quant"]) == (4, "nf4", True)
+    assert manifest["trained_tokens"] == outcome.trained_tokens > 0
+    last = reporter.progress[-1]
+    assert last["step"] == last["total_steps"] == 12 and last["tokens_per_second"] > 0
+
+
+def test_qlora_bundle_loads_with_peft_and_changes_the_base(qlora_run: QloraRun, demo_model: Path) -> None:
+    outcome, _ = qlora_run
+    bundle = outcome.bundle_dir
+    assert {path.name for path in bundle.iterdir()} >= BUNDLE_FILES
+    assert read_json(bundle / "adapter_config.json")["base_model_name_or_path"] == "loraq-tiny-demo"
+    assert read_json(bundle / "training_args.json")["adapter"]["type"] == "qlora"
+    metrics_lines = (bundle / "metrics.jsonl").read_text().splitlines()
+    assert sum("loss" in json.loads(line) for line in metrics_lines) == outcome.steps
+    input_ids = torch.tensor([load_tokenizer(demo_model, "chat")("The capital of Italy is")["input_ids"]])
+    base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    before = logits(base, input_ids)
+    adapted = PeftModel.from_pretrained(base, bundle)
+    assert not torch.allclose(before, logits(adapted, input_ids), atol=1e-4)
+
+
+def test_pack_bundle_is_reproducible_with_files_at_the_root(qlora_run: QloraRun, tmp_path: Path) -> None:
+    bundle = qlora_run[0].bundle_dir
+    first, second = (pack_bundle(bundle, tmp_path / name) for name in ("a.tar.gz", "b.tar.gz"))
+    assert first.read_bytes() == second.read_bytes()
+    with tarfile.open(first) as tar:
+        names = tar.getnames()
+        assert names == sorted(names) and set(names) >= BUNDLE_FILES
+        assert {(member.mtime, member.uid, member.gid) for member in tar.getmembers()} == {(0, 0, 0)}
+
+
+def prompt_completion_request(tmp_path: Path, demo_model: Path) -> TrainingRequest:
+    records = [{"prompt": f"Capital of {land}:", "completion": f" {capital}."} for land, capital in CAPITALS]
+    adapter = AdapterSpec(type="lora", target_modules="all-linear")
+    return make_request(
+        tmp_path, demo_model, records, "prompt_completion", adapter, validation=records[:4], save_steps=6
+    )
+
+
+def adapter_weights(outcome: TrainingOutcome) -> dict[str, torch.Tensor]:
+    return load_file(outcome.bundle_dir / "adapter_model.safetensors")
+
+
+def test_lora_on_prompt_completion_evaluates_checkpoints_and_resumes_exactly(
+    demo_model: Path, tmp_path: Path
+) -> None:
+    reporter = RecordingReporter()
+    outcome = train_adapter(prompt_completion_request(tmp_path / "whole", demo_model), reporter)
+    losses = reporter.train_losses()
+    assert losses[-1] < losses[0]
+    assert [step for step, _, _ in reporter.checkpoints] == [6, 12]
+    assert outcome.metrics["eval_loss"] < reporter.checkpoints[0][2]["valid_loss"]
+    assert reporter.progress[-1]["eval_loss"] == outcome.metrics["eval_loss"]
+    manifest = read_json(outcome.bundle_dir / "manifest.json")
+    assert manifest["quantized_base"]["quantized_linear_layers"] == 0
+    assert manifest["dataset"]["validation_sha256"] is not None
+
+    # Interrupted after step 7, then resumed from the step-6 checkpoint: the same adapter, bit for bit.
+    interrupted = prompt_completion_request(tmp_path / "interrupted", demo_model)
+    first_half = RecordingReporter(stop_after=7)
+    with pytest.raises(TrainingStopped):
+        train_adapter(interrupted, first_half)
+    [(step, checkpoint, _)] = first_half.checkpoints
+    assert step == 6
+    interrupted.resume_from = checkpoint
+    resumed = train_adapter(interrupted, RecordingReporter())
+    assert resumed.steps == outcome.steps
+    expected, actual = adapter_weights(outcome), adapter_weights(resumed)
+    assert expected.keys() == actual.keys()
+    assert all(torch.equal(expected[name], actual[name]) for name in expected)
+
+
+def test_an_evaluation_leaves_qlora_gradients_unchanged(demo_model: Path) -> None:
+    # bitsandbytes would otherwise repack 4-bit weights for CPU inference, losing their backward.
+    model = load_model(demo_model, AdapterSpec(type="qlora", dropout=0.0), pick_device()).model
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # non-zero B, so that gradients reach every lora_A
+            torch.nn.init.normal_(parameter, std=0.1)
+    input_ids = torch.randint(3, 900, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def gradients() -> dict[str, torch.Tensor]:
+        model.train()
+        model.zero_grad()
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    before = gradients()
+    model.eval()
+    logits(model, input_ids)
+    after = gradients()
+    assert before.keys() == after.keys() and all(torch.equal(before[name], after[name]) for name in before)
+
+
+def test_qlora_8bit_on_plain_text_with_a_cosine_warmup(demo_model: Path, tmp_path: Path) -> None:
+    records = [{"text": f"The capital of {land} is {capital}."} for land, capital in CAPITALS]
+    adapter = AdapterSpec(type="qlora", quantization=Quantization(bits=8))
+    request = make_request(
+        tmp_path, demo_model, records, "text", adapter, lr_scheduler="cosine", warmup_ratio=0.25
+    )
+    reporter = RecordingReporter()
+    outcome = train_adapter(request, reporter)
+    assert reporter.train_losses()[-1] < reporter.train_losses()[0]
+    learning_rates = [logged["learning_rate"] for _, logged in reporter.metrics if "learning_rate" in logged]
+    assert learning_rates[0] < learning_rates[2] and learning_rates[-1] < learning_rates[2]
+    quantized = read_json(outcome.bundle_dir / "manifest.json")["quantized_base"]
+    assert quantized["linear_layer_types"]["Linear8bitLt"] == quantized["quantized_linear_layers"] == 14
+    assert quantized["bits"] == 8
+
+
+def test_should_stop_raises_training_stopped_within_one_step(demo_model: Path, tmp_path: Path) -> None:
+    request = make_request(tmp_path, demo_model, chat_records(), "chat", AdapterSpec(type="lora"))
+    reporter = RecordingReporter(stop_after=2)
+    with pytest.raises(TrainingStopped):
+        train_adapter(request, reporter)
+    assert reporter.stop_checks == 2
+    assert max(step for step, _ in reporter.metrics) <= 2
+    assert not (request.output_dir / "adapter").exists()
+
+
+def test_chat_labels_cover_only_weighted_assistant_turns(demo_model: Path, tmp_path: Path) -> None:
+    record = {
+        "messages": [
+            {"role": "system", "content": "You answer in one word."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris.", "weight": 0},
+            {"role": "user", "content": "And Italy? <|im_end|>"},
+            {"role": "assistant", "content": "Rome."},
+        ]
+    }
+    path = write_jsonl(tmp_path / "chat.jsonl", [record])
+    tokenizer = load_tokenizer(demo_model, "chat")
+
+    def trained_text(train_on_inputs: bool) -> str:
+        dataset = load_dataset(path, "chat", tokenizer, max_seq_len=256, train_on_inputs=train_on_inputs)
+        example = dataset[0]
+        pairs = zip(example["input_ids"], example["labels"], strict=True)
+        trained = [token for token, label in pairs if label != -100]
+        return str(tokenizer.decode(trained))
+
+    assert trained_text(train_on_inputs=False) == "Rome.<|im_end|>\n"
+    everything = trained_text(train_on_inputs=True)
+    assert "You answer in one word." in everything and "Paris." in everything
+
+
+def test_truncation_counts_and_drops_examples_left_without_labels(demo_model: Path, tmp_path: Path) -> None:
+    long_prompt = {"prompt": "word " * 100, "completion": "Yes."}
+    short = {"prompt": "Hi", "completion": "Hello there."}
+    path = write_jsonl(tmp_path / "pc.jsonl", [long_prompt, short])
+    tokenizer = load_tokenizer(demo_model, "prompt_completion")
+    dataset = load_dataset(path, "prompt_completion", tokenizer, max_seq_len=32, train_on_inputs=False)
+    assert (dataset.examples, len(dataset), dataset.truncated, dataset.dropped) == (2, 1, 1, 1)
+    assert dataset[0]["labels"][-1] == tokenizer.eos_token_id

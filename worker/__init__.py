@@ -1,0 +1,1 @@
+"""The worker deployable: the Celery app, its tasks, and the training engine."""

@@ -1,0 +1,5 @@
+"""The training engine: a job's spec and data in, a LoRA/QLoRA adapter bundle out."""
+
+from worker.training.run import Reporter, TrainingOutcome, TrainingRequest, TrainingStopped, train_adapter
+
+__all__ = ["Reporter", "TrainingOutcome", "TrainingRequest", "TrainingStopped", "train_adapter"]

@@ -1,0 +1,228 @@
+"""Write the adapter bundle: PEFT adapter, tokenizer, resolved spec, metrics, manifest and model card."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import platform
+import tarfile
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import PeftModel
+from transformers import PreTrainedTokenizerBase, TrainerState
+
+if TYPE_CHECKING:
+    from worker.training.run import TrainingRequest
+
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "tokenizers", "safetensors")
+BASE_MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
+
+
+def export_bundle(
+    bundle_dir: Path,
+    request: TrainingRequest,
+    *,
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    state: TrainerState,
+    base_description: dict[str, Any],
+    data_stats: dict[str, int],
+    metrics: dict[str, Any],
+    device: torch.device,
+) -> Path:
+    """Write every bundle file into bundle_dir and return it."""
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    # The server's path to the base means nothing to whoever downloads the bundle; its name does.
+    model.peft_config["default"].base_model_name_or_path = request.base_model_name
+    # adapter_config.json + adapter_model.safetensors. We never resize or train the embeddings, and
+    # the default "auto" would ask the Hub whether the base's vocabulary changed.
+    model.save_pretrained(str(bundle_dir), save_embedding_layers=False)
+    tokenizer.save_pretrained(bundle_dir)
+    write_json(bundle_dir / "training_args.json", training_args(request))
+    write_metrics(bundle_dir / "metrics.jsonl", state.log_history)
+    manifest = build_manifest(request, state, base_description, data_stats, metrics, device)
+    write_json(bundle_dir / "manifest.json", manifest)
+    # Written last: PEFT's save_pretrained leaves a generic README.md that this replaces.
+    (bundle_dir / "README.md").write_text(model_card(request, manifest), encoding="utf-8")
+    return bundle_dir
+
+
+def training_args(request: TrainingRequest) -> dict[str, Any]:
+    """The resolved spec the adapter was trained with."""
+    return {
+        "hyperparameters": request.hyperparameters.model_dump(mode="json"),
+        "adapter": request.adapter.model_dump(mode="json"),
+        "seed": request.seed,
+        "dataset_format": request.dataset_format,
+    }
+
+
+def build_manifest(
+    request: TrainingRequest,
+    state: TrainerState,
+    base_description: dict[str, Any],
+    data_stats: dict[str, int],
+    metrics: dict[str, Any],
+    device: torch.device,
+) -> dict[str, Any]:
+    """What the adapter was trained from and with: enough to reproduce the run."""
+    validation = request.validation_path
+    return {
+        "base_model": {
+            "name": request.base_model_name,
+            "revision": "sha256:" + base_model_revision(request.base_model_path),
+        },
+        "adapter_type": request.adapter.type,
+        "quantized_base": base_description,
+        "compute_dtype": base_description["compute_dtype"],
+        "dataset": {
+            "format": request.dataset_format,
+            "train_sha256": sha256_file(request.train_path),
+            "validation_sha256": sha256_file(validation) if validation else None,
+            **data_stats,
+        },
+        "seed": request.seed,
+        "device": describe_device(device),
+        "libraries": library_versions(),
+        "trained_tokens": state.num_input_tokens_seen,
+        "steps": state.global_step,
+        "metrics": metrics,
+    }
+
+
+def base_model_revision(base_model_path: Path) -> str:
+    """A content hash of the base's config and weights: the revision a local directory lacks."""
+    files = sorted({path for pattern in BASE_MODEL_FILES for path in base_model_path.glob(pattern)})
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    return {"python": platform.python_version()} | {name: _installed_version(name) for name in LIBRARIES}
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def describe_device(device: torch.device) -> str:
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else device.type
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_metrics(path: Path, log_history: list[dict[str, Any]]) -> None:
+    """One JSON object per logged step (train and eval), in the order the Trainer logged them."""
+    lines = (json.dumps(entry, sort_keys=True) + "\n" for entry in log_history)
+    path.write_text("".join(lines), encoding="utf-8")
+
+
+_MODEL_CARD = """\
+---
+base_model: {name}
+library_name: peft
+tags: [loraq, {adapter_type}, lora]
+---
+
+# LoRA adapter for {name}
+
+A {adapter_type} adapter trained by loraq on `{name}` (revision `{revision}`).
+
+## Adapter
+
+| r | alpha | dropout | target modules | base in training |
+|---|---|---|---|---|
+| {r} | {alpha} | {dropout} | {target_modules} | {base} |
+
+## Data
+
+{examples} {format} examples: {tokens} tokens, {label_tokens} of them trained on;
+{truncated} truncated to {max_seq_len} tokens, {dropped} dropped with nothing left to train on.
+
+## Training
+
+{steps} optimizer steps ({n_epochs} epochs, batch size {batch_size} x {accumulation} accumulation,
+learning rate {learning_rate}, {lr_scheduler} schedule), seed {seed}, on {device}.
+Final train loss: {train_loss}. Final eval loss: {eval_loss}.
+
+## Use
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+base = AutoModelForCausalLM.from_pretrained("{name}")
+model = PeftModel.from_pretrained(base, "path/to/this/bundle")
+tokenizer = AutoTokenizer.from_pretrained("path/to/this/bundle")
+```
+"""
+
+
+def model_card(request: TrainingRequest, manifest: dict[str, Any]) -> str:
+    """The README.md: what was trained, on what, how well, and how to load it."""
+    adapter, hp, dataset = request.adapter, request.hyperparameters, manifest["dataset"]
+    quantized = manifest["quantized_base"]
+    targets = adapter.target_modules
+    return _MODEL_CARD.format(
+        name=request.base_model_name,
+        adapter_type=adapter.type,
+        revision=manifest["base_model"]["revision"],
+        r=adapter.r,
+        alpha=adapter.alpha,
+        dropout=adapter.dropout,
+        target_modules=targets if isinstance(targets, str) else ", ".join(targets),
+        base=f"{quantized['bits']}-bit" if "bits" in quantized else quantized["compute_dtype"],
+        format=request.dataset_format,
+        max_seq_len=hp.max_seq_len,
+        steps=manifest["steps"],
+        n_epochs=hp.n_epochs,
+        batch_size=hp.batch_size,
+        accumulation=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        lr_scheduler=hp.lr_scheduler,
+        seed=request.seed,
+        device=manifest["device"],
+        train_loss=_loss(manifest["metrics"].get("train_loss")),
+        eval_loss=_loss(manifest["metrics"].get("eval_loss")),
+        **{key: dataset[key] for key in ("examples", "tokens", "label_tokens", "truncated", "dropped")},
+    )
+
+
+def _loss(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def pack_bundle(src_dir: Path, dest_tar_gz: Path) -> Path:
+    """Pack src_dir's files at the archive root, byte-for-byte reproducibly: sorted, no times or owners."""
+    files = sorted((path for path in src_dir.rglob("*") if path.is_file()), key=lambda p: p.as_posix())
+    # mtime=0 and an empty name keep the gzip header free of the time and the local file name.
+    with (
+        dest_tar_gz.open("wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
+        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in files:
+            info = tarfile.TarInfo(path.relative_to(src_dir).as_posix())
+            info.size, info.mode = path.stat().st_size, 0o644
+            with path.open("rb") as file:
+                tar.addfile(info, file)
+    return dest_tar_gz
