@@ -127,7 +127,7 @@ class EventPublic(BaseModel):
     created_at: int
     level: str
     message: str
-    type: Literal["message", "metrics"]
+    type: str  # "message" or "metrics"
     data: dict[str, Any] | None
 
     @classmethod
@@ -139,7 +139,7 @@ class EventPublic(BaseModel):
             message=event.message,
             type=event.type,
             data=event.data,
-        )  # type: ignore[arg-type]
+        )
 
 
 class CheckpointPublic(BaseModel):

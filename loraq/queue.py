@@ -19,7 +19,6 @@ from loraq.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "loraq.run_job"
-RECONCILE_TASK = "loraq.reconcile"
 _PENDING_KEY = "loraq_jobs_to_publish"
 
 

@@ -26,11 +26,11 @@ class Page(Generic[Row]):
     has_more: bool
 
 
-def readable_files(project_id: str) -> Select[tuple[File]]:
+def readable_files(project_id: str) -> Select[File]:
     return select(File).where(File.project_id == project_id)
 
 
-def readable_jobs(project_id: str) -> Select[tuple[Job]]:
+def readable_jobs(project_id: str) -> Select[Job]:
     return select(Job).where(Job.project_id == project_id)
 
 

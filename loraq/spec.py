@@ -35,7 +35,7 @@ class Hyperparameters(_Strict):
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 1.0
     save_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
-        default=None, description="Checkpoint every N optimizer steps; None saves only at the end."
+        default=None, description="Checkpoint every N optimizer steps; None: at the end of each epoch."
     )
     logging_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
     train_on_inputs: bool = Field(

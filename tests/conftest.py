@@ -78,7 +78,9 @@ def _start_stack(name: str, home: Path, demo_model: Path, env: dict[str, str]) -
 
 
 @pytest.fixture(scope="session", params=["embedded", "postgres"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model: Path
+) -> Iterator[Stack]:
     """A running API and worker: on the embedded default, then on Postgres + Redis."""
     env: dict[str, str] = {}
     if request.param == "postgres":
@@ -95,11 +97,15 @@ def chat_dataset(n: int = 24) -> bytes:
     """A small chat dataset whose answers follow a pattern a tiny model can pick up fast."""
     lines = []
     for i in range(n):
-        lines.append({"messages": [
-            {"role": "system", "content": "You answer with the color."},
-            {"role": "user", "content": f"What color is item {i}?"},
-            {"role": "assistant", "content": "blue blue blue"},
-        ]})
+        lines.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You answer with the color."},
+                    {"role": "user", "content": f"What color is item {i}?"},
+                    {"role": "assistant", "content": "blue blue blue"},
+                ]
+            }
+        )
     return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 

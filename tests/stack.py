@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -86,10 +87,8 @@ class Stack:
 
     def kill_worker(self, worker: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         """Kill the worker's whole process group, as a machine dying would."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, sig)
-        except ProcessLookupError:
-            pass
         worker.wait(timeout=30)
 
     def stop(self) -> None:

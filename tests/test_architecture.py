@@ -24,11 +24,14 @@ def imported_packages(package: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize(("package", "forbidden"), [
-    ("loraq", {"api", "worker", "torch", "transformers", "peft", "bitsandbytes"}),
-    ("api", {"worker", "torch", "transformers", "peft", "bitsandbytes"}),
-    ("worker", {"api"}),
-])
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("loraq", {"api", "worker", "torch", "transformers", "peft", "bitsandbytes"}),
+        ("api", {"worker", "torch", "transformers", "peft", "bitsandbytes"}),
+        ("worker", {"api"}),
+    ],
+)
 def test_layering(package: str, forbidden: set[str]) -> None:
     assert imported_packages(package) & forbidden == set()
 
@@ -41,12 +44,18 @@ def test_api_process_never_imports_torch(tmp_path: Path) -> None:
         "client = TestClient(create_app())\n"
         "assert client.get('/healthz').status_code == 200\n"
         "client.get('/v1/models')\n"
-        "heavy = sorted(m for m in ('torch', 'transformers', 'peft', 'bitsandbytes', 'worker') if m in sys.modules)\n"
+        "heavy = ('torch', 'transformers', 'peft', 'bitsandbytes', 'worker')\n"
+        "heavy = sorted(m for m in heavy if m in sys.modules)\n"
         "print(heavy)\n"
         "sys.exit(1 if heavy else 0)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
-                            env={"LORAQ_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"LORAQ_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -41,8 +41,9 @@ def test_malformed_dataset_line_is_rejected_and_not_stored(stack: Stack) -> None
     bad = '{"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}\n'
     with stack.client() as client:
         before, blobs = counts(client), stored_blobs(stack)
-        response = client.post("/v1/files", files={"file": ("t.jsonl", (good + bad).encode())},
-                               data={"purpose": "fine-tune"})
+        response = client.post(
+            "/v1/files", files={"file": ("t.jsonl", (good + bad).encode())}, data={"purpose": "fine-tune"}
+        )
         assert_error(response, 400, param="file", mentions="line 2: messages[1].role")
         assert counts(client) == before
     assert stored_blobs(stack) == blobs
@@ -50,8 +51,9 @@ def test_malformed_dataset_line_is_rejected_and_not_stored(stack: Stack) -> None
 
 def test_wrong_purpose_is_rejected(stack: Stack) -> None:
     with stack.client() as client:
-        response = client.post("/v1/files", files={"file": ("t.jsonl", chat_dataset(2))},
-                               data={"purpose": "assistants"})
+        response = client.post(
+            "/v1/files", files={"file": ("t.jsonl", chat_dataset(2))}, data={"purpose": "assistants"}
+        )
     assert_error(response, 400, param="purpose", mentions="fine-tune")
 
 
@@ -61,12 +63,21 @@ def test_wrong_purpose_is_rejected(stack: Stack) -> None:
         ({"model": "no-such-model"}, "model", "no-such-model"),
         ({"model": "meta-llama/Llama-3-8B"}, "model", "not available"),
         ({"training_file": "file-doesnotexist"}, "training_file", "file-doesnotexist"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
-         "method.supervised.hyperparameters.n_epochs", "greater than or equal to 1"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate": -1}}}},
-         "method.supervised.hyperparameters.learning_rate", "greater than 0"),
-        ({"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
-         "method.supervised.hyperparameters.batch_size", "batch_size"),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
+            "method.supervised.hyperparameters.n_epochs",
+            "greater than or equal to 1",
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate": -1}}}},
+            "method.supervised.hyperparameters.learning_rate",
+            "greater than 0",
+        ),
+        (
+            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
+            "method.supervised.hyperparameters.batch_size",
+            "batch_size",
+        ),
         ({"adapter": {"type": "qlora", "r": 0}}, "adapter.r", "greater than or equal to 1"),
         ({"adapter": {"type": "qlora", "quantization": {"bits": 3}}}, "adapter.quantization.bits", "4 or 8"),
         ({"adapter": {"type": "lora", "quantization": {"bits": 4}}}, "adapter", "only to type 'qlora'"),
@@ -90,9 +101,14 @@ def test_bad_job_spec_is_rejected_and_no_job_is_written(
 
 def test_result_file_cannot_be_a_training_file(stack: Stack, training_file: dict[str, Any]) -> None:
     with stack.client() as client:
-        response = client.post("/v1/fine_tuning/jobs", json={"model": "loraq-tiny-demo",
-                                                             "training_file": training_file["id"],
-                                                             "validation_file": "file-nope"})
+        response = client.post(
+            "/v1/fine_tuning/jobs",
+            json={
+                "model": "loraq-tiny-demo",
+                "training_file": training_file["id"],
+                "validation_file": "file-nope",
+            },
+        )
     assert_error(response, 400, param="validation_file", mentions="file-nope")
 
 
@@ -101,16 +117,25 @@ def test_missing_or_wrong_api_key_is_401(stack: Stack) -> None:
         response = httpx.get(stack.base_url + "/v1/fine_tuning/jobs", headers=headers)
         assert response.status_code == 401, response.text
         assert response.json()["error"]["type"] == "invalid_request_error"
-        response = httpx.post(stack.base_url + "/v1/files", headers=headers,
-                              files={"file": ("t.jsonl", chat_dataset(2))}, data={"purpose": "fine-tune"})
+        response = httpx.post(
+            stack.base_url + "/v1/files",
+            headers=headers,
+            files={"file": ("t.jsonl", chat_dataset(2))},
+            data={"purpose": "fine-tune"},
+        )
         assert response.status_code == 401
     assert httpx.get(stack.base_url + "/healthz").status_code == 200
 
 
 def test_unknown_ids_are_404_in_the_error_shape(stack: Stack) -> None:
     with stack.client() as client:
-        for path in ("/v1/files/file-nope", "/v1/files/file-nope/content", "/v1/fine_tuning/jobs/ftjob-nope",
-                     "/v1/fine_tuning/jobs/ftjob-nope/events", "/v1/fine_tuning/jobs/ftjob-nope/checkpoints"):
+        for path in (
+            "/v1/files/file-nope",
+            "/v1/files/file-nope/content",
+            "/v1/fine_tuning/jobs/ftjob-nope",
+            "/v1/fine_tuning/jobs/ftjob-nope/events",
+            "/v1/fine_tuning/jobs/ftjob-nope/checkpoints",
+        ):
             response = client.get(path)
             assert response.status_code == 404, path
             assert response.json()["error"]["code"] == "not_found"

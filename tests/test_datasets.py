@@ -25,17 +25,34 @@ EXPECTED: dict[str, dict[str, Any]] = json.loads((MALFORMED / "EXPECTED.json").r
 Example = dict[str, Any]
 
 CHAT: list[Example] = [
-    {"messages": [{"role": "system", "content": "Answer briefly."},
-                  {"role": "user", "content": "Capital of France?"},
-                  {"role": "assistant", "content": "Paris."}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Answer briefly."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."},
+        ]
+    },
     # weights, names, tool calls and an empty tool answer are all allowed
-    {"messages": [{"role": "user", "content": "Weather in Oslo?", "name": "ann"},
-                  {"role": "assistant", "content": "", "weight": 0,
-                   "tool_calls": [{"id": "c1", "type": "function",
-                                   "function": {"name": "weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
-                  {"role": "tool", "content": "", "tool_call_id": "c1"},
-                  {"role": "assistant", "content": "Rainy, as ever. Ça va ☔", "weight": 1}],
-     "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}]},
+    {
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?", "name": "ann"},
+            {
+                "role": "assistant",
+                "content": "",
+                "weight": 0,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "content": "", "tool_call_id": "c1"},
+            {"role": "assistant", "content": "Rainy, as ever. Ça va ☔", "weight": 1},
+        ],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}}],
+    },
 ]
 PROMPT_COMPLETION: list[Example] = [
     {"prompt": "", "completion": "Once upon a time"},
@@ -56,13 +73,18 @@ def feed_all(data: bytes, chunk_size: int, limits: DatasetLimits | None = None) 
     """Validate data fed in chunks of chunk_size bytes."""
     validator = DatasetValidator(limits or DatasetLimits())
     for start in range(0, len(data), chunk_size):
-        validator.feed(data[start:start + chunk_size])
+        validator.feed(data[start : start + chunk_size])
     return validator.finish()
 
 
-@pytest.mark.parametrize(("format_name", "examples"), [
-    ("chat", CHAT), ("prompt_completion", PROMPT_COMPLETION), ("text", TEXT),
-])
+@pytest.mark.parametrize(
+    ("format_name", "examples"),
+    [
+        ("chat", CHAT),
+        ("prompt_completion", PROMPT_COMPLETION),
+        ("text", TEXT),
+    ],
+)
 @pytest.mark.parametrize("end", ["\n", "", "\n\n"])
 def test_valid_files_pass_and_are_summarized(
     tmp_path: Path, format_name: str, examples: list[Example], end: str
@@ -135,8 +157,8 @@ def test_multibyte_character_split_across_chunks() -> None:
     data = '{"text": "€"}\n'.encode()
     euro = data.index("€".encode())
     validator = DatasetValidator()
-    validator.feed(data[:euro + 1])  # the chunk ends after the first of the euro sign's three bytes
-    validator.feed(data[euro + 1:])
+    validator.feed(data[: euro + 1])  # the chunk ends after the first of the euro sign's three bytes
+    validator.feed(data[euro + 1 :])
     assert validator.finish().examples == 1
 
 

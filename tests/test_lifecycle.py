@@ -22,7 +22,9 @@ def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'lifecycle.db'}"
     else:
-        url = request.getfixturevalue("empty_postgres_database").replace("postgresql://", "postgresql+psycopg://")
+        url = request.getfixturevalue("empty_postgres_database").replace(
+            "postgresql://", "postgresql+psycopg://"
+        )
     upgrade_to_head(url)
     engine = make_engine(url)
     with sessionmaker(bind=engine)() as session:
@@ -35,8 +37,17 @@ def new_job(session: Session) -> str:
     project = Project(name="lifecycle-test")
     session.add(project)
     session.flush()
-    job = Job(project_id=project.id, model="m", training_file="file-x", seed=1, method={}, hyperparameters={},
-              adapter={}, status=JobStatus.QUEUED.value, result_files=[])
+    job = Job(
+        project_id=project.id,
+        model="m",
+        training_file="file-x",
+        seed=1,
+        method={},
+        hyperparameters={},
+        adapter={},
+        status=JobStatus.QUEUED.value,
+        result_files=[],
+    )
     session.add(job)
     session.flush()
     return job.id

@@ -1,0 +1,34 @@
+# Everything a fresh machine needs: `make serve` and `make test` set up .venv themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# pip takes torch 2.13.0's CPU build from local disk here; pinning it first keeps the resolver
+# from pulling a multi-GB CUDA build. Dockerfile.gpu installs the CUDA one.
+TORCH ?= torch==2.13.0
+
+.PHONY: install serve test lint typecheck bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "$(TORCH)"
+	$(PIP) install --quiet -e '.[worker,test]'
+	touch $@
+
+serve: install
+	VENV=$(VENV) ./scripts/serve.sh
+
+lint: install
+	$(VENV)/bin/ruff check loraq api worker tests migrations bench
+	$(VENV)/bin/mypy
+
+test: install lint
+	$(VENV)/bin/python -m pytest
+
+bench: install
+	$(PY) bench/memory.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,52 @@
+"""`make serve` brings up the embedded default from nothing and answers /healthz."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from tests.stack import free_port, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_make_serve_runs_the_embedded_default(tmp_path: Path) -> None:
+    port = free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
+    env.update(PORT=str(port), LORAQ_HOME=str(home))
+    log = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        ["make", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+
+        def healthy() -> bool:
+            assert serve.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout=240, what="make serve to answer /healthz")
+        key = (home / "admin.key").read_text().strip()
+        assert (home / "admin.key").stat().st_mode & 0o077 == 0, "the admin key is private to its owner"
+        assert (home / "loraq.db").exists()
+        headers = {"Authorization": f"Bearer {key}"}
+        wait_for(
+            lambda: (home / "models" / "loraq-tiny-demo" / "config.json").exists(),
+            timeout=120,
+            what="the demo model",
+        )
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers).json()["data"]
+        assert "loraq-tiny-demo" in [m["id"] for m in models]
+        ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
+        assert ready.status_code == 200, ready.text
+        assert f"http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=60)

@@ -1,0 +1,44 @@
+"""Publish jobs the broker may have lost, from a thread in the worker's main process.
+
+A thread and not a Celery task: with one task at a time per worker, a reconcile task would wait
+behind every multi-hour training run, and its periodic messages would pile up in the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from loraq import lifecycle
+from loraq.db import session_scope
+from loraq.queue import publish_job
+
+log = logging.getLogger(__name__)
+
+
+def reconcile_once(*, republish_after: float) -> list[str]:
+    """Publish queued jobs nobody took lately, and running jobs whose worker's lease expired."""
+    with session_scope() as session:
+        job_ids = lifecycle.jobs_to_publish(session, republish_after=republish_after)
+    for job_id in job_ids:
+        publish_job(job_id)
+    if job_ids:
+        log.info("reconciler published %d job(s): %s", len(job_ids), ", ".join(job_ids))
+    return job_ids
+
+
+def start_reconciler(*, interval: float) -> threading.Event:
+    """Run reconcile_once every `interval` seconds until the returned event is set."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                # A job is published again only after several intervals, so a healthy queue
+                # gets no duplicates (which a claim would refuse anyway).
+                reconcile_once(republish_after=interval * 4)
+            except Exception:
+                log.warning("reconcile failed; retrying in %ss", interval, exc_info=True)
+
+    threading.Thread(target=loop, name="loraq-reconciler", daemon=True).start()
+    return stop
