@@ -8,8 +8,10 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 
 from api.errors import install_error_handlers
-from api.routes import files, health, jobs, models
+from api.limits import BodyLimitMiddleware
+from api.routes import files, health, jobs, models, projects
 from api.schemas import ErrorResponse
+from loraq.settings import get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -19,10 +21,17 @@ def create_app() -> FastAPI:
         title="loraq",
         version="0.1.0",
         description="LoRA/QLoRA fine-tuning as a job queue, shaped like OpenAI's fine-tuning API.",
-        responses={status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)},
+        responses={status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 429, 503)},
+    )
+    settings = get_settings()
+    # Multipart framing adds a little to the file itself, whose own limit the upload checks.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        upload_limit=settings.max_upload_bytes + (1 << 20),
+        json_limit=settings.max_json_body_bytes,
     )
     install_error_handlers(app)
-    for module in (health, files, jobs, models):
+    for module in (health, files, jobs, models, projects):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

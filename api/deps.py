@@ -61,3 +61,12 @@ def admin_key(key: CurrentKey) -> ApiKey:
 
 
 AdminKey = Annotated[ApiKey, Depends(admin_key)]
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry-safe creates: the same key and body return the first answer.",
+    ),
+]

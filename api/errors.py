@@ -85,7 +85,7 @@ async def _on_validation_error(_request: Request, error: Exception) -> JSONRespo
 
 async def _on_http_error(_request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code)
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(error.status_code)
     return error_response(error.status_code, str(error.detail), type="invalid_request_error", code=code)
 
 

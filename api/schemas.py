@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
-from loraq.models import Checkpoint, File, Job, JobEvent
+from loraq.models import ApiKey, Checkpoint, File, Job, JobEvent, Project
 from loraq.repository import Page
 
 Item = TypeVar("Item", bound=BaseModel)
@@ -180,3 +180,58 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+class ProjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    max_running_jobs: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    max_queued_jobs: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_storage_bytes: Annotated[int, Field(ge=1, le=1 << 50)] | None = None
+
+
+class ProjectPublic(BaseModel):
+    id: str
+    object: Literal["organization.project"] = "organization.project"
+    name: str
+    created_at: int
+    max_running_jobs: int | None
+    max_queued_jobs: int | None
+    max_storage_bytes: int | None
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectPublic:
+        return cls(
+            id=project.id,
+            name=project.name,
+            created_at=project.created_at,
+            max_running_jobs=project.max_running_jobs,
+            max_queued_jobs=project.max_queued_jobs,
+            max_storage_bytes=project.max_storage_bytes,
+        )
+
+
+class ApiKeyPublic(BaseModel):
+    id: str
+    object: Literal["organization.project.api_key"] = "organization.project.api_key"
+    project_id: str
+    redacted_value: str
+    created_at: int
+    revoked_at: int | None
+    is_admin: bool
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyPublic:
+        return cls(
+            id=key.id,
+            project_id=key.project_id,
+            redacted_value=key.display_prefix + "…",
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+            is_admin=key.is_admin,
+        )
+
+
+class ApiKeyCreated(ApiKeyPublic):
+    value: str  # the secret, shown this once and never stored

@@ -14,6 +14,7 @@ from loraq import repository
 from loraq.datasets import DatasetError, DatasetLimits, DatasetValidator
 from loraq.errors import Conflict, InvalidRequest, PayloadTooLarge
 from loraq.models import File
+from loraq.projects import check_storage
 from loraq.settings import Settings
 from loraq.storage import ArtifactStore, new_storage_key
 
@@ -51,6 +52,7 @@ def create_dataset(
         except DatasetError as error:
             raise InvalidRequest(str(error), param="file", code="invalid_file") from error
         spool.flush()
+        check_storage(session, project_id=project_id, adding_bytes=summary.bytes, settings=settings)
         key = new_storage_key("datasets", ".jsonl")
         store.put_file(key, Path(spool.name))
     _delete_blob_on_rollback(session, store, key)

@@ -13,6 +13,7 @@ from loraq.errors import Conflict, InvalidRequest, NotFound
 from loraq.files import DATASET_PURPOSE
 from loraq.lifecycle import JobStatus
 from loraq.models import File, Job, Project
+from loraq.projects import check_can_queue
 from loraq.queue import publish_after_commit
 from loraq.settings import Settings
 from loraq.spec import JobCreate, resolve_hyperparameters
@@ -21,6 +22,7 @@ from loraq.spec import JobCreate, resolve_hyperparameters
 def create_job(session: Session, *, project_id: str, request: JobCreate, settings: Settings) -> Job:
     """Check the spec against the server's models and the project's files, store it, queue it."""
     resolve_base_model(request.model, settings)
+    check_can_queue(session, project_id=project_id, settings=settings)
     training = _dataset_file(session, project_id, request.training_file, param="training_file")
     if request.validation_file is not None:
         validation = _dataset_file(session, project_id, request.validation_file, param="validation_file")

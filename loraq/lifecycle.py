@@ -11,9 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
-from loraq.models import Checkpoint, Job, JobEvent
+from loraq.models import Checkpoint, Job, JobEvent, Project
 
 
 class JobStatus(StrEnum):
@@ -69,19 +69,47 @@ def transition(
 
 
 def claim(
-    session: Session, job_id: str, *, owner: str, lease_seconds: float, max_attempts: int
+    session: Session,
+    job_id: str,
+    *,
+    owner: str,
+    lease_seconds: float,
+    max_attempts: int,
+    default_running_limit: int = 1_000_000,
 ) -> Lease | None:
-    """Take a queued job, or a running one whose worker's lease expired; None if not ours to run."""
+    """Take a queued job, or a running one whose worker's lease expired; None if not ours to run now.
+
+    A job also waits (stays queued) while its project already runs as many jobs as it may.
+    """
     now = time.time()
     claimable = or_(
         Job.status == JobStatus.QUEUED.value,
         and_(Job.status == JobStatus.RUNNING.value, Job.lease_expires_at < now),
     )
+    # Serialize claims within a project (Postgres row lock), so two workers can't both take the last slot.
+    session.execute(
+        select(Project.id)
+        .where(Project.id == select(Job.project_id).where(Job.id == job_id).scalar_subquery())
+        .with_for_update()
+    )
+    others = aliased(Job)
+    running_elsewhere = (
+        select(func.count())
+        .where(
+            others.project_id == Job.project_id, others.status == JobStatus.RUNNING.value, others.id != Job.id
+        )
+        .scalar_subquery()
+    )
+    project_limit = (
+        select(func.coalesce(Project.max_running_jobs, default_running_limit))
+        .where(Project.id == Job.project_id)
+        .scalar_subquery()
+    )
     won = transition(
         session,
         job_id,
         JobStatus.RUNNING,
-        extra_condition=and_(claimable, Job.attempts < max_attempts),
+        extra_condition=and_(claimable, Job.attempts < max_attempts, running_elsewhere < project_limit),
         values={
             "lease_owner": owner,
             "lease_expires_at": now + lease_seconds,
@@ -99,8 +127,8 @@ def claim(
         extra_condition=and_(claimable, Job.attempts >= max_attempts),
         values={
             "error": _error(
-                f"the job's worker stopped {max_attempts} times without finishing "
-                "(out of memory or killed?); giving up",
+                f"the job's worker stopped {max_attempts} times in a row without saving a checkpoint "
+                "(out of memory, or killed?); giving up",
                 "worker_lost",
             )
         },

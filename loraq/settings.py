@@ -31,11 +31,17 @@ class Settings(BaseSettings):
     # A worker that stops renewing its lease for this long is presumed dead.
     lease_seconds: int = Field(default=60, ge=5)
     heartbeat_seconds: float = Field(default=10, gt=0)
+    # A job whose worker dies this many times in a row without saving a new checkpoint fails.
     max_job_attempts: int = Field(default=3, ge=1)
     max_job_runtime_seconds: int = Field(default=24 * 3600, ge=60)
     reconcile_seconds: float = Field(default=15, gt=0)
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_line_bytes: int = Field(default=1_000_000, ge=1024)
+    max_json_body_bytes: int = Field(default=1 << 20, ge=1024, description="Every request but uploads.")
+    # Per-project limits, unless a project sets its own.
+    default_max_running_jobs: int = Field(default=4, ge=1)
+    default_max_queued_jobs: int = Field(default=100, ge=1)
+    default_max_storage_bytes: int = Field(default=50 << 30, ge=1)
 
     @model_validator(mode="after")
     def _refuse_embedded_defaults_in_production(self) -> Settings:

@@ -70,6 +70,7 @@ def run_job(job_id: str) -> str:
             owner=owner,
             lease_seconds=settings.lease_seconds,
             max_attempts=settings.max_job_attempts,
+            default_running_limit=settings.default_max_running_jobs,
         )
         if lease is None:
             return "not claimable: finished, cancelled, or leased by a live worker"

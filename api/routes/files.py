@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
-from typing import Annotated, BinaryIO
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
-from api.deps import ProjectId, SessionDep, SettingsDep, StoreDep
+from api.deps import IdempotencyKey, ProjectId, SessionDep, SettingsDep, StoreDep
 from api.schemas import FileDeleted, FilePublic, ListPublic, list_of
 from loraq import files, repository
+from loraq.idempotency import create_once, fingerprint
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -30,17 +32,36 @@ def upload_file(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-) -> FilePublic:
-    created = files.create_dataset(
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    filename = file.filename or "upload.jsonl"
+
+    def create() -> tuple[dict[str, Any], str]:
+        created = files.create_dataset(
+            session,
+            project_id=project_id,
+            filename=filename,
+            purpose=purpose,
+            chunks=_chunks(file.file),
+            store=store,
+            settings=settings,
+        )
+        return FilePublic.of(created).model_dump(), fingerprint(filename, purpose, created.sha256)
+
+    def request_fingerprint() -> str:
+        digest = hashlib.sha256()
+        for chunk in _chunks(file.file):
+            digest.update(chunk)
+        return fingerprint(filename, purpose, digest.hexdigest())
+
+    return create_once(
         session,
         project_id=project_id,
-        filename=file.filename or "upload.jsonl",
-        purpose=purpose,
-        chunks=_chunks(file.file),
-        store=store,
-        settings=settings,
+        key=idempotency_key,
+        endpoint="files.create",
+        request_fingerprint=request_fingerprint,
+        create=create,
     )
-    return FilePublic.of(created)
 
 
 @router.get("", response_model=ListPublic[FilePublic])

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.deps import ProjectId, SessionDep, SettingsDep
+from api.deps import IdempotencyKey, ProjectId, SessionDep, SettingsDep
 from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPublic, list_of
 from loraq import jobs, repository
 from loraq.errors import InvalidRequest
+from loraq.idempotency import create_once, fingerprint
 from loraq.spec import JobCreate
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
@@ -20,10 +21,26 @@ Limit = Annotated[int, Query(ge=1, le=100)]
 
 @router.post("", response_model=JobPublic)
 def create_job(
-    body: JobCreate, project_id: ProjectId, session: SessionDep, settings: SettingsDep
-) -> JobPublic:
-    job = jobs.create_job(session, project_id=project_id, request=body, settings=settings)
-    return JobPublic.of(job)
+    body: JobCreate,
+    project_id: ProjectId,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> dict[str, Any]:
+    request_fingerprint = fingerprint(body.model_dump(mode="json"))
+
+    def create() -> tuple[dict[str, Any], str]:
+        job = jobs.create_job(session, project_id=project_id, request=body, settings=settings)
+        return JobPublic.of(job).model_dump(mode="json"), request_fingerprint
+
+    return create_once(
+        session,
+        project_id=project_id,
+        key=idempotency_key,
+        endpoint="jobs.create",
+        request_fingerprint=lambda: request_fingerprint,
+        create=create,
+    )
 
 
 @router.get("", response_model=ListPublic[JobPublic])
