@@ -176,6 +176,11 @@ def add_checkpoint(
     session: Session, lease: Lease, *, step: int, metrics: dict[str, Any], storage_key: str
 ) -> None:
     session.add(Checkpoint(job_id=lease.job_id, step_number=step, metrics=metrics, storage_key=storage_key))
+    # Progress was saved: a later crash is a new failure, not one more of the same. Attempts count
+    # only the deaths in a row that saved nothing, so a long job survives many unrelated restarts.
+    session.execute(
+        update(Job).where(Job.id == lease.job_id, Job.lease_owner == lease.owner).values(attempts=1)
+    )
 
 
 def succeed(

@@ -34,9 +34,11 @@ def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]
 
 
 def new_job(session: Session) -> str:
-    project = Project(name="lifecycle-test")
-    session.add(project)
-    session.flush()
+    project = session.scalars(select(Project).where(Project.name == "lifecycle-test")).first()
+    if project is None:
+        project = Project(name="lifecycle-test")
+        session.add(project)
+        session.flush()
     job = Job(
         project_id=project.id,
         model="m",
@@ -115,3 +117,24 @@ def test_finished_jobs_are_never_claimed(session: Session) -> None:
     assert lifecycle.fail(session, job_id, "boom", code="training_error", lease=lease)
     assert claim(session, job_id, "b") is None
     assert status(session, job_id) == "failed"
+
+
+def test_a_checkpoint_resets_the_crash_budget(session: Session) -> None:
+    """Deaths count only in a row without progress: a long job may restart more often than max_attempts."""
+    job_id = new_job(session)
+    for owner in ("a", "b", "c", "d"):
+        lease = claim(session, job_id, owner, max_attempts=2)
+        assert lease is not None, owner
+        lifecycle.add_checkpoint(session, lease, step=1, metrics={}, storage_key="checkpoints/blob_x")
+        expire_lease(session, job_id)
+    assert status(session, job_id) == "running"
+
+
+def test_running_limit_keeps_jobs_queued(session: Session) -> None:
+    first, second = new_job(session), new_job(session)
+    session.execute(update(Project).values(max_running_jobs=1))
+    assert claim(session, first, "a") is not None
+    assert claim(session, second, "b") is None
+    assert status(session, second) == "queued"
+    expire_lease(session, first)
+    assert claim(session, first, "c") is not None, "a reclaim does not count the job against itself"

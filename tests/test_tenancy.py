@@ -1,0 +1,183 @@
+"""Projects, keys and limits: a key sees only its own project; another project's objects are 404;
+keys are stored as hashes; limits answer 429; Idempotency-Key makes creates retry-safe."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import chat_dataset, upload
+from tests.stack import Stack, wait_for
+
+ADMIN_ONLY = re.compile(r"^/v1/projects")
+
+
+@pytest.fixture
+def other_project(stack: Stack) -> Iterator[tuple[dict[str, Any], str]]:
+    """A second project and a (non-admin) key for it."""
+    with stack.client() as admin:
+        project = admin.post("/v1/projects", json={"name": "other-team"}).json()
+        key = admin.post(f"/v1/projects/{project['id']}/api_keys").json()
+    yield project, key["value"]
+
+
+def database_rows(stack: Stack, query: str) -> list[Any]:
+    url = stack.env.get("LORAQ_DATABASE_URL") or f"sqlite:///{stack.home / 'loraq.db'}"
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        rows = list(connection.execute(sa.text(query)))
+    engine.dispose()
+    return rows
+
+
+def test_keys_are_shown_once_and_stored_only_as_hashes(
+    stack: Stack, other_project: tuple[dict[str, Any], str]
+) -> None:
+    project, secret = other_project
+    stored = [row[0] for row in database_rows(stack, "SELECT key_hash FROM api_keys")]
+    assert secret not in stored and all(len(h) == 64 for h in stored)
+    with stack.client() as admin:
+        keys = admin.get(f"/v1/projects/{project['id']}/api_keys").json()["data"]
+    assert [k["redacted_value"] for k in keys] == [secret[:8] + "…"]
+    assert all("value" not in k for k in keys)
+
+
+def test_non_admin_keys_cannot_manage_projects(
+    stack: Stack, other_project: tuple[dict[str, Any], str]
+) -> None:
+    project, secret = other_project
+    with stack.client(secret) as client:
+        assert client.post("/v1/projects", json={"name": "x"}).status_code == 403
+        assert client.post(f"/v1/projects/{project['id']}/api_keys").status_code == 403
+
+
+def test_revoked_key_is_refused(stack: Stack, other_project: tuple[dict[str, Any], str]) -> None:
+    project, secret = other_project
+    with stack.client(secret) as client:
+        assert client.get("/v1/files").status_code == 200
+    with stack.client() as admin:
+        [key] = admin.get(f"/v1/projects/{project['id']}/api_keys").json()["data"]
+        assert admin.delete(f"/v1/projects/{project['id']}/api_keys/{key['id']}").json()["revoked_at"]
+    with stack.client(secret) as client:
+        assert client.get("/v1/files").status_code == 401
+
+
+def test_every_route_with_an_id_hides_other_projects_objects(
+    stack: Stack, other_project: tuple[dict[str, Any], str]
+) -> None:
+    """Walks the app's own OpenAPI schema, so a route added later is covered without editing this test."""
+    _, outsider = other_project
+    with stack.client() as owner:
+        training = upload(owner, chat_dataset(4))
+        job = owner.post(
+            "/v1/fine_tuning/jobs",
+            json={"model": "loraq-tiny-demo", "training_file": training["id"], "adapter": {"type": "lora"}},
+        ).json()
+        owner.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+        schema = owner.get("/openapi.json").json()
+    ids = {"file_id": training["id"], "fine_tuning_job_id": job["id"]}
+
+    checked = []
+    with stack.client(outsider) as client:
+        for path, operations in schema["paths"].items():
+            parameters = re.findall(r"{(\w+)}", path)
+            if not parameters or ADMIN_ONLY.match(path):
+                continue
+            url = path.format(**{name: ids[name] for name in parameters})
+            for method in operations:
+                response = client.request(
+                    method.upper(), url, json={} if method in {"post", "put", "patch"} else None
+                )
+                assert response.status_code == 404, (method, path, response.text)
+                assert response.json()["error"]["code"] == "not_found"
+                checked.append((method, path))
+        # The owner's objects are untouched, and the outsider's lists are empty of them.
+        assert training["id"] not in [f["id"] for f in client.get("/v1/files").json()["data"]]
+        assert job["id"] not in [j["id"] for j in client.get("/v1/fine_tuning/jobs").json()["data"]]
+        for m in client.get("/v1/models").json()["data"]:
+            assert m["kind"] == "base"
+    assert len(checked) >= 7, checked
+    with stack.client() as owner:
+        assert owner.get(f"/v1/files/{training['id']}").status_code == 200
+
+
+def test_project_limits_answer_429(stack: Stack) -> None:
+    with stack.client() as admin:
+        project = admin.post(
+            "/v1/projects", json={"name": "small", "max_queued_jobs": 1, "max_storage_bytes": 3000}
+        ).json()
+        secret = admin.post(f"/v1/projects/{project['id']}/api_keys").json()["value"]
+    with stack.client(secret) as client:
+        training = upload(client, chat_dataset(4))
+        over = client.post(
+            "/v1/files", files={"file": ("big.jsonl", chat_dataset(40))}, data={"purpose": "fine-tune"}
+        )
+        assert over.status_code == 429, over.text
+        assert "storage limit" in over.json()["error"]["message"]
+        assert len(client.get("/v1/files").json()["data"]) == 1
+
+        body = {"model": "loraq-tiny-demo", "training_file": training["id"], "adapter": {"type": "lora"}}
+        long_body = {
+            **body,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50}}},
+        }
+        running = client.post("/v1/fine_tuning/jobs", json=long_body).json()
+        wait_for(
+            lambda: client.get(f"/v1/fine_tuning/jobs/{running['id']}").json()["status"] == "running",
+            timeout=120,
+            what="the first job to start",
+        )
+        queued = client.post("/v1/fine_tuning/jobs", json=body)
+        assert queued.status_code == 200 and queued.json()["status"] == "queued"
+        refused = client.post("/v1/fine_tuning/jobs", json=body)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert "queued jobs" in refused.json()["error"]["message"]
+        for job_id in (running["id"], queued.json()["id"]):
+            assert client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_idempotent_creates(stack: Stack) -> None:
+    with stack.client() as client:
+        content = chat_dataset(4)
+
+        def upload_with(key: str, data: bytes) -> httpx.Response:
+            return client.post(
+                "/v1/files",
+                files={"file": ("t.jsonl", data)},
+                data={"purpose": "fine-tune"},
+                headers={"Idempotency-Key": key},
+            )
+
+        first = upload_with("upload-1", content)
+        again = upload_with("upload-1", content)
+        assert first.status_code == again.status_code == 200
+        assert first.json() == again.json()
+        assert [f["id"] for f in client.get("/v1/files").json()["data"]].count(first.json()["id"]) == 1
+        assert upload_with("upload-1", chat_dataset(5)).status_code == 409
+
+        body = {
+            "model": "loraq-tiny-demo",
+            "training_file": first.json()["id"],
+            "adapter": {"type": "lora"},
+            "suffix": "idem",
+        }
+        jobs_before = len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"])
+        created = client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "job-1"})
+        retried = client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "job-1"})
+        assert created.status_code == retried.status_code == 200
+        assert created.json()["id"] == retried.json()["id"]
+        assert (
+            len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]) == jobs_before + 1
+        )
+        conflict = client.post(
+            "/v1/fine_tuning/jobs", json={**body, "seed": 5}, headers={"Idempotency-Key": "job-1"}
+        )
+        assert conflict.status_code == 409
+        assert conflict.json()["error"]["param"] == "Idempotency-Key"
+        client.post(f"/v1/fine_tuning/jobs/{created.json()['id']}/cancel")
