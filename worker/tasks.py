@@ -7,17 +7,19 @@ import os
 import socket
 import tarfile
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from loraq import files, lifecycle, repository
 from loraq.base_models import resolve_base_model
-from loraq.db import session_scope
+from loraq.db import get_engine, session_scope
 from loraq.jobs import fine_tuned_model_name
 from loraq.lifecycle import Lease
 from loraq.models import Checkpoint, Job
@@ -63,6 +65,7 @@ class JobSnapshot:
 )
 def run_job(job_id: str) -> str:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    _wait_for_database()
     with session_scope() as session:
         lease = lifecycle.claim(
             session,
@@ -103,6 +106,26 @@ def run_job(job_id: str) -> str:
                 lifecycle.fail(session, job_id, _readable(error), code="training_error", lease=lease)
             return "failed"
     return "succeeded"
+
+
+def _wait_for_database() -> None:
+    """Hold this worker's only slot until the database answers, so it takes no job it cannot record.
+
+    The message is kept meanwhile (late ack); jobs published during the outage are found again by
+    the reconciler, so nothing is lost however long the outage lasts.
+    """
+    delay = 1.0
+    while True:
+        try:
+            with get_engine().connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return
+        except OperationalError:
+            log.warning(
+                "database unreachable; this worker takes no job until it answers (retry in %.0fs)", delay
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 def _snapshot(session: Session, job_id: str) -> JobSnapshot:

@@ -1,0 +1,56 @@
+"""The artifact store, local and S3-compatible: server-made keys only, nothing outside the root."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from loraq.storage import ArtifactStore, LocalStore, new_storage_key, store_from_url
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ArtifactStore]:
+    if request.param == "local":
+        yield store_from_url("", default_root=tmp_path / "artifacts")
+        return
+    # moto stands in for the S3 service; the store code under test is the real one.
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="loraq-test")
+        yield store_from_url("s3://loraq-test/prefix", default_root=tmp_path)
+
+
+def test_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "source.bin"
+    source.write_bytes(b"x" * 3_000_000)
+    key = new_storage_key("results", ".tar.gz")
+    store.put_file(key, source)
+    assert store.exists(key)
+    assert b"".join(store.iter_bytes(key)) == source.read_bytes()
+    store.download(key, tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
+    store.delete(key)
+    assert not store.exists(key)
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd", "datasets/../../x", "/abs/path", "datasets/a/b", "x", ""])
+def test_keys_that_could_escape_are_refused(store: ArtifactStore, key: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="storage key"):
+        store.download(key, tmp_path / "out")
+
+
+def test_keys_are_made_by_the_server() -> None:
+    first, second = new_storage_key("datasets", ".jsonl"), new_storage_key("datasets", ".jsonl")
+    assert first != second and first.startswith("datasets/blob_") and first.endswith(".jsonl")
+
+
+def test_local_store_writes_atomically(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "root")
+    source = tmp_path / "s"
+    source.write_bytes(b"data")
+    key = new_storage_key("datasets")
+    store.put_file(key, source)
+    assert [p.name for p in (tmp_path / "root" / "datasets").iterdir()] == [key.split("/")[1]]
