@@ -258,3 +258,34 @@ def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
         sampling = False
         sampler.join()
     assert peak - baseline < 100 * 1024 * 1024, f"API memory grew by {(peak - baseline) >> 20} MiB"
+
+
+def redis_ctl(action: str) -> None:
+    if action == "stop":
+        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True)
+        return
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+                    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+                    "--logfile", "/var/log/redis/ci.log"], check=True, capture_output=True)
+    wait_for(lambda: redis.Redis.from_url(REDIS_URL).ping(), timeout=30, what="redis to answer")
+
+
+def test_broker_outage_is_not_ready_but_loses_no_job(stack: Stack) -> None:
+    with stack.client() as client:
+        training = upload(client, slow_dataset(4))
+        redis_ctl("stop")
+        try:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "broker" in ready.json()["error"]["message"]
+            started = time.monotonic()
+            created = client.post("/v1/fine_tuning/jobs", json={
+                "model": "loraq-tiny-demo", "training_file": training["id"], "adapter": {"type": "lora", "r": 2},
+                "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                    "n_epochs": 1, "batch_size": 4, "max_seq_len": 64}}}}, timeout=60)
+            # Postgres is the source of truth: the job is stored even though nobody could be told yet.
+            assert created.status_code == 200, created.text
+            assert time.monotonic() - started < 30
+        finally:
+            redis_ctl("start")
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="/readyz after redis")
+    assert stack.wait_for_job(created.json()["id"], FINISHED, timeout=180)["status"] == "succeeded"
