@@ -20,8 +20,11 @@ def test_every_malformed_file_is_refused_and_nothing_is_stored(stack: Stack) -> 
         files_before = client.get("/v1/files").json()["data"]
         blobs_before = set(artifacts.rglob("*"))
         for name, expected in sorted(EXPECTED.items()):
-            response = client.post("/v1/files", files={"file": (name, (MALFORMED / name).read_bytes())},
-                                   data={"purpose": "fine-tune"})
+            response = client.post(
+                "/v1/files",
+                files={"file": (name, (MALFORMED / name).read_bytes())},
+                data={"purpose": "fine-tune"},
+            )
             assert response.status_code == 400, (name, response.text)
             error = response.json()["error"]
             assert error["param"] == "file" and error["code"] == "invalid_file", (name, error)
@@ -32,19 +35,34 @@ def test_every_malformed_file_is_refused_and_nothing_is_stored(stack: Stack) -> 
     assert set(artifacts.rglob("*")) == blobs_before
 
 
-@pytest.mark.parametrize(("lines", "fmt"), [
-    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}], "chat"),
-    ([{"prompt": "2+2=", "completion": "4"}, {"prompt": "3+3=", "completion": "6"}], "prompt_completion"),
-    ([{"text": "plain text to learn from"}], "text"),
-])
+@pytest.mark.parametrize(
+    ("lines", "fmt"),
+    [
+        (
+            [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}],
+            "chat",
+        ),
+        ([{"prompt": "2+2=", "completion": "4"}, {"prompt": "3+3=", "completion": "6"}], "prompt_completion"),
+        ([{"text": "plain text to learn from"}], "text"),
+    ],
+)
 def test_each_format_is_detected_and_recorded(stack: Stack, lines: list[dict[str, object]], fmt: str) -> None:
     content = "".join(json.dumps(line) + "\n" for line in lines).encode()
     with stack.client() as client:
-        response = client.post("/v1/files", files={"file": ("data.jsonl", content)}, data={"purpose": "fine-tune"})
+        response = client.post(
+            "/v1/files", files={"file": ("data.jsonl", content)}, data={"purpose": "fine-tune"}
+        )
         assert response.status_code == 200, response.text
         uploaded = response.json()
-        assert (uploaded["format"], uploaded["examples"], uploaded["bytes"]) == (fmt, len(lines), len(content))
+        assert (uploaded["format"], uploaded["examples"], uploaded["bytes"]) == (
+            fmt,
+            len(lines),
+            len(content),
+        )
         assert client.get(f"/v1/files/{uploaded['id']}/content").content == content
         assert client.delete(f"/v1/files/{uploaded['id']}").json() == {
-            "id": uploaded["id"], "object": "file", "deleted": True}
+            "id": uploaded["id"],
+            "object": "file",
+            "deleted": True,
+        }
         assert client.get(f"/v1/files/{uploaded['id']}").status_code == 404
