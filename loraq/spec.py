@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -41,6 +42,36 @@ class Hyperparameters(_Strict):
     train_on_inputs: bool = Field(
         default=False, description="Compute the loss on prompt tokens too, not only on answers."
     )
+    packing: bool = Field(
+        default=False,
+        description="Pack several short examples into each max_seq_len sequence; no token attends to "
+        "another example's.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in the backward pass: far less memory, ~30% slower."
+    )
+    eval_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="Evaluate every N optimizer steps; None: whenever a checkpoint is saved."
+    )
+    early_stopping_patience: Annotated[int, Field(ge=1, le=1000)] | None = Field(
+        default=None,
+        description="Stop once the eval loss has not improved for this many evaluations, and keep the best "
+        "checkpoint's adapter; needs validation data.",
+    )
+    validation_split: Annotated[float, Field(gt=0, le=0.5)] | None = Field(
+        default=None,
+        description="Hold out this fraction of the training file (picked with the job's seed) for "
+        "validation, when there is no validation_file.",
+    )
+
+    @model_validator(mode="after")
+    def _best_checkpoint_is_evaluated(self) -> Hyperparameters:
+        # Early stopping keeps the best evaluated checkpoint, so every checkpoint must fall on an evaluation.
+        if self.early_stopping_patience is None or self.eval_steps is None:
+            return self  # no eval_steps: evaluations come with the checkpoints
+        if self.save_steps is None or self.save_steps % self.eval_steps:
+            raise ValueError("with early_stopping_patience, save_steps must be a multiple of eval_steps")
+        return self
 
 
 class ResolvedHyperparameters(_Strict):
@@ -59,28 +90,54 @@ class ResolvedHyperparameters(_Strict):
     save_steps: int | None
     logging_steps: int
     train_on_inputs: bool
+    # Defaults: jobs stored before these fields existed still validate.
+    packing: bool = False
+    gradient_checkpointing: bool = False
+    eval_steps: int | None = None  # None: save_steps; both None: at the end of each epoch
+    early_stopping_patience: int | None = None
+    validation_split: float | None = None
+
+    @model_validator(mode="after")
+    def _evaluate_at_checkpoints_by_default(self) -> ResolvedHyperparameters:
+        # Here, not in resolve_hyperparameters, so that jobs stored before eval_steps existed get it too.
+        if self.eval_steps is None:
+            self.eval_steps = self.save_steps
+        return self
 
 
 def resolve_hyperparameters(hp: Hyperparameters, *, n_examples: int) -> ResolvedHyperparameters:
-    """Replace "auto" by values from the dataset's size.
+    """Replace "auto" by values from the size of the training set (after any validation_split).
 
     The rule: n_epochs gives small datasets enough passes to learn (about 100 example
     visits, 1 to 10 epochs); batch_size grows with the data (1 per 32 examples,
     1 to 8); the multiplier is 1, so the learning rate is BASE_LEARNING_RATE.
     """
-    n = max(n_examples, 1)
+    n = max(n_examples - held_out_count(n_examples, hp.validation_split), 1)
     n_epochs = hp.n_epochs if hp.n_epochs != "auto" else min(10, max(1, math.ceil(100 / n)))
     batch_size = hp.batch_size if hp.batch_size != "auto" else min(8, max(1, n // 32))
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
     learning_rate = hp.learning_rate if hp.learning_rate is not None else BASE_LEARNING_RATE * multiplier
-    fields = hp.model_dump(exclude={"n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate"})
+    resolved = {"n_epochs", "batch_size", "learning_rate_multiplier", "learning_rate"}
     return ResolvedHyperparameters(
         n_epochs=n_epochs,
         batch_size=batch_size,
         learning_rate_multiplier=multiplier,
         learning_rate=learning_rate,
-        **fields,
+        **hp.model_dump(exclude=resolved),
     )
+
+
+def held_out_count(n_examples: int, validation_split: float | None) -> int:
+    """How many of n examples validation_split holds out: the nearest whole number, at least 1, never all."""
+    if validation_split is None or n_examples < 2:
+        return 0
+    return min(n_examples - 1, max(1, round(n_examples * validation_split)))
+
+
+def held_out_indices(n_examples: int, validation_split: float | None, seed: int) -> frozenset[int]:
+    """Which examples (0-based, in file order) validation_split holds out: a seeded, repeatable sample."""
+    count = held_out_count(n_examples, validation_split)
+    return frozenset(random.Random(seed).sample(range(n_examples), count))
 
 
 class Quantization(_Strict):
@@ -111,6 +168,14 @@ class AdapterSpec(_Strict):
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="For lora: the dtype the base is loaded and computed in."
     )
+    use_rslora: bool = Field(
+        default=False, description="Rank-stabilized LoRA: scale the update by alpha/sqrt(r), not alpha/r."
+    )
+    use_dora: bool = Field(
+        default=False,
+        description="DoRA: learn each weight's magnitude apart from its LoRA direction; slower, often better "
+        "at low r. Not with an 8-bit base.",
+    )
 
     @model_validator(mode="after")
     def _quantization_matches_type(self) -> AdapterSpec:
@@ -118,6 +183,10 @@ class AdapterSpec(_Strict):
             raise ValueError("quantization applies only to type 'qlora'; a 'lora' base is not quantized")
         if self.type == "qlora" and self.quantization is None:
             self.quantization = Quantization(compute_dtype=self.compute_dtype)
+        if self.use_dora and self.quantization is not None and self.quantization.bits == 8:
+            # peft 0.21's DoRA re-wraps an 8-bit weight on CPU, and bitsandbytes 0.50 then loses its
+            # int8 scales: the second training step fails.
+            raise ValueError("use_dora does not work with an 8-bit base; use 4 bits or type 'lora'")
         return self
 
     @property
@@ -133,6 +202,15 @@ class SupervisedMethod(_Strict):
 class Method(_Strict):
     type: Literal["supervised"] = "supervised"
     supervised: SupervisedMethod = Field(default_factory=SupervisedMethod)
+
+
+class ExportSpec(_Strict):
+    """What the job exports besides the adapter bundle."""
+
+    merged: bool = Field(
+        default=False,
+        description="Also export the base with the adapter merged in, at full precision, as safetensors.",
+    )
 
 
 MetadataKey = Annotated[str, Field(min_length=1, max_length=64)]
@@ -153,6 +231,7 @@ class JobCreate(_Strict):
         default=None, description="OpenAI's older top-level form; method.supervised.hyperparameters wins."
     )
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
 
     @model_validator(mode="after")
     def _one_place_for_hyperparameters(self) -> JobCreate:
@@ -165,7 +244,18 @@ class JobCreate(_Strict):
                 supervised=SupervisedMethod(hyperparameters=self.hyperparameters or Hyperparameters())
             )
             self.hyperparameters = None
+        self._validation_data_is_consistent()
         return self
+
+    def _validation_data_is_consistent(self) -> None:
+        hp = self.requested_hyperparameters
+        if self.validation_file is not None and hp.validation_split is not None:
+            raise ValueError("give a validation_file or a validation_split, not both")
+        has_validation = self.validation_file is not None or hp.validation_split is not None
+        if not has_validation and hp.early_stopping_patience is not None:
+            raise ValueError("early_stopping_patience needs a validation_file or a validation_split")
+        if not has_validation and hp.eval_steps is not None:
+            raise ValueError("eval_steps needs a validation_file or a validation_split")
 
     @property
     def requested_hyperparameters(self) -> Hyperparameters:

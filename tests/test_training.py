@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tarfile
 from pathlib import Path
@@ -19,12 +20,23 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from loraq.spec import AdapterSpec, Hyperparameters, Quantization, resolve_hyperparameters
+from loraq.spec import (
+    AdapterSpec,
+    Hyperparameters,
+    JobCreate,
+    Quantization,
+    ResolvedHyperparameters,
+    held_out_indices,
+    resolve_hyperparameters,
+)
 from worker.demo_model import ensure_demo_model
 from worker.training import TrainingOutcome, TrainingRequest, TrainingStopped, train_adapter
-from worker.training.data import load_dataset, load_tokenizer
+from worker.training import trainer as trainer_module
+from worker.training.data import as_sequences, data_collator, load_dataset, load_tokenizer
 from worker.training.export import pack_bundle
 from worker.training.model import load_model, pick_device
+from worker.training.run import tokenized_datasets
+from worker.training.trainer import TokenAccuracy
 
 BUNDLE_FILES = {
     "adapter_config.json",
@@ -97,6 +109,7 @@ def make_request(
     adapter: AdapterSpec,
     *,
     validation: list[dict[str, Any]] | None = None,
+    merged: bool = False,
     **hyperparameters: Any,
 ) -> TrainingRequest:
     settings = {"n_epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 64} | hyperparameters
@@ -112,6 +125,7 @@ def make_request(
         adapter=adapter,
         seed=7,
         resume_from=None,
+        merged=merged,
     )
 
 
@@ -131,7 +145,9 @@ QloraRun = tuple[TrainingOutcome, RecordingReporter]
 def qlora_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> QloraRun:
     nf4 = Quantization(bits=4, quant_type="nf4", double_quant=True)
     adapter = AdapterSpec(type="qlora", quantization=nf4)
-    request = make_request(tmp_path_factory.mktemp("qlora"), demo_model, chat_records(), "chat", adapter)
+    request = make_request(
+        tmp_path_factory.mktemp("qlora"), demo_model, chat_records(), "chat", adapter, merged=True
+    )
     reporter = RecordingReporter()
     return train_adapter(request, reporter), reporter
 
@@ -296,3 +312,246 @@ def test_truncation_counts_and_drops_examples_left_without_labels(demo_model: Pa
     dataset = load_dataset(path, "prompt_completion", tokenizer, max_seq_len=32, train_on_inputs=False)
     assert (dataset.examples, len(dataset), dataset.truncated, dataset.dropped) == (2, 1, 1, 1)
     assert dataset[0]["labels"][-1] == tokenizer.eos_token_id
+
+
+# --- packing ---------------------------------------------------------------------------------------------
+
+
+def test_packed_examples_do_not_attend_to_each_other(demo_model: Path, tmp_path: Path) -> None:
+    texts = ["The capital of France is Paris.", "Two plus two is four.", "The sea is blue and wide."]
+    path = write_jsonl(tmp_path / "text.jsonl", [{"text": text} for text in texts])
+    tokenizer = load_tokenizer(demo_model, "text")
+    first, second, third = load_dataset(
+        path, "text", tokenizer, max_seq_len=64, train_on_inputs=False
+    ).input_ids
+    # Room for the first two examples only: the third gets a sequence of its own, padded in a batch.
+    capacity = len(first) + len(second)
+    dataset = load_dataset(path, "text", tokenizer, max_seq_len=capacity, train_on_inputs=False)
+    packed = as_sequences(dataset, packing=True, max_seq_len=capacity)
+    assert sorted(packed.packs) == [[0, 1], [2]]  # type: ignore[union-attr]
+    pair, single = (packed[packed.packs.index(pack)] for pack in ([0, 1], [2]))  # type: ignore[union-attr]
+    batch = data_collator(packed, tokenizer.pad_token_id)([pair, single])
+    assert "attention_mask" not in batch
+    batch.pop("labels")
+    model = load_model(demo_model, AdapterSpec(type="lora", dropout=0.0), pick_device()).model.eval()
+    with torch.no_grad():
+        rows = model(**batch).logits
+    alone = [logits(model, torch.tensor([ids]))[0] for ids in (first, second, third)]
+    assert torch.allclose(rows[0, : len(first)], alone[0], atol=1e-5)
+    assert torch.allclose(rows[0, len(first) : len(first) + len(second)], alone[1], atol=1e-5)
+    assert torch.allclose(rows[1, : len(third)], alone[2], atol=1e-5)
+    # The check can fail: without position_ids the second example does see the first.
+    concatenated = logits(model, torch.tensor([first + second]))[0, len(first) :]
+    assert not torch.allclose(concatenated, alone[1], atol=1e-2)
+
+
+def test_packing_trains_on_fewer_sequences_and_counts_every_token(demo_model: Path, tmp_path: Path) -> None:
+    records = chat_records()  # about 40 tokens each: three fit in 128
+    request = make_request(
+        tmp_path, demo_model, records, "chat", AdapterSpec(type="lora"), packing=True, max_seq_len=128
+    )
+    reporter = RecordingReporter()
+    outcome = train_adapter(request, reporter)
+    dataset = read_json(outcome.bundle_dir / "manifest.json")["dataset"]
+    assert dataset["kept"] == 16 and dataset["sequences"] < 8
+    assert dataset["packing"]["fill_ratio"] > 0.6
+    assert outcome.steps == 3 * math.ceil(dataset["sequences"] / 4) < 12
+    assert outcome.trained_tokens == 3 * dataset["tokens"]  # padding is not counted, packed tokens are
+    assert reporter.train_losses()[-1] < reporter.train_losses()[0]
+    assert "Packed into" in (outcome.bundle_dir / "README.md").read_text()
+
+
+# --- validation split and early stopping ------------------------------------------------------------------
+
+
+def test_validation_split_holds_out_a_seeded_fraction(demo_model: Path, tmp_path: Path) -> None:
+    held_out = held_out_indices(16, 0.25, seed=7)
+    assert len(held_out) == 4 and held_out == held_out_indices(16, 0.25, seed=7)
+    assert held_out != held_out_indices(16, 0.25, seed=8)
+    records = chat_records()
+    request = make_request(
+        tmp_path, demo_model, records, "chat", AdapterSpec(type="lora"), validation_split=0.25
+    )
+    train, validation = tokenized_datasets(request, load_tokenizer(demo_model, "chat"))
+    assert validation is not None and (len(train), len(validation)) == (12, 4)
+    expected = [
+        load_dataset(
+            write_jsonl(tmp_path / f"{i}.jsonl", [records[i]]),
+            "chat",
+            load_tokenizer(demo_model, "chat"),
+            max_seq_len=64,
+            train_on_inputs=False,
+        ).input_ids[0]
+        for i in sorted(held_out)
+    ]
+    assert validation.input_ids == expected
+
+
+def test_early_stopping_keeps_the_best_adapter(demo_model: Path, tmp_path: Path) -> None:
+    # Validation answers that training never teaches: their loss falls with the format, then rises.
+    train = [{"prompt": f"Capital of {land}:", "completion": f" {capital}."} for land, capital in CAPITALS]
+    unrelated = [
+        {"prompt": f"Capital of {land}:", "completion": " purple elephant"} for land, _ in CAPITALS[:4]
+    ]
+    request = make_request(
+        tmp_path,
+        demo_model,
+        train,
+        "prompt_completion",
+        AdapterSpec(type="lora"),
+        validation=unrelated,
+        n_epochs=5,
+        save_steps=1,
+        early_stopping_patience=1,
+    )
+    reporter = RecordingReporter()
+    outcome = train_adapter(request, reporter)
+    assert outcome.steps < 20  # 5 epochs of 4 steps, had it not stopped
+    valid_losses = [metrics["valid_loss"] for _, metrics in reporter.metrics if "valid_loss" in metrics]
+    assert valid_losses[-2] > min(valid_losses[:-1])  # the last evaluation before the final one got worse
+    manifest = read_json(outcome.bundle_dir / "manifest.json")
+    assert manifest["best_eval_step"] < manifest["steps"] < manifest["total_steps"] == 20
+    # The exported adapter is the best checkpoint's, evaluated once more.
+    assert outcome.metrics["eval_loss"] == pytest.approx(min(valid_losses), abs=1e-5)
+    assert 0 <= outcome.metrics["eval_mean_token_accuracy"] <= 1
+    assert 0 <= outcome.metrics["train_mean_token_accuracy"] <= 1
+    assert all("valid_mean_token_accuracy" in metrics for _, _, metrics in reporter.checkpoints)
+
+
+def test_token_accuracy_counts_next_token_predictions_on_labels_only() -> None:
+    accuracy = TokenAccuracy()
+    labels = torch.tensor([[5, 6, 7, -100], [1, -100, 3, 4]])
+    predicted = torch.tensor([[6, 0, 9, 9], [9, 9, 4, 9]])  # position t predicts label t + 1
+    accuracy.add(predicted, labels)
+    assert accuracy.pop() == pytest.approx(2 / 4)
+    assert accuracy.pop() is None
+
+
+# --- adapter variants, checkpointing, merged export, progress ----------------------------------------------
+
+
+def test_rslora_and_dora_reach_the_adapter_config(demo_model: Path, tmp_path: Path) -> None:
+    adapter = AdapterSpec(type="qlora", use_rslora=True, use_dora=True)
+    request = make_request(tmp_path, demo_model, chat_records(), "chat", adapter, n_epochs=1)
+    outcome = train_adapter(request, RecordingReporter())
+    config = read_json(outcome.bundle_dir / "adapter_config.json")
+    assert config["use_rslora"] is True and config["use_dora"] is True
+    assert any("lora_magnitude_vector" in name for name in adapter_weights(outcome))
+
+
+def test_gradient_checkpointing_trains_the_same_adapter(demo_model: Path, tmp_path: Path) -> None:
+    def train(checkpointing: bool) -> TrainingOutcome:
+        request = make_request(
+            tmp_path / str(checkpointing),
+            demo_model,
+            chat_records(),
+            "chat",
+            AdapterSpec(type="lora"),
+            n_epochs=1,
+            gradient_checkpointing=checkpointing,
+        )
+        return train_adapter(request, RecordingReporter())
+
+    plain, checkpointed = train(False), train(True)
+    assert read_json(checkpointed.bundle_dir / "manifest.json")["gradient_checkpointing"] is True
+    assert read_json(plain.bundle_dir / "manifest.json")["gradient_checkpointing"] is False
+    expected, actual = adapter_weights(plain), adapter_weights(checkpointed)
+    assert all(torch.allclose(expected[name], actual[name], atol=1e-6) for name in expected)
+
+
+def test_merged_export_equals_the_adapter_on_the_full_precision_base(
+    qlora_run: QloraRun, demo_model: Path
+) -> None:
+    outcome, _ = qlora_run
+    assert outcome.merged_dir is not None
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {
+        p.name for p in outcome.merged_dir.iterdir()
+    }
+    assert not list(outcome.merged_dir.glob("*.bin"))
+    merged = AutoModelForCausalLM.from_pretrained(outcome.merged_dir, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
+    input_ids = torch.tensor([load_tokenizer(demo_model, "chat")("The capital of Italy is")["input_ids"]])
+    before = logits(base, input_ids)
+    adapted = logits(PeftModel.from_pretrained(base, outcome.bundle_dir), input_ids)
+    assert torch.allclose(logits(merged, input_ids), adapted, atol=1e-4)
+    assert not torch.allclose(before, adapted, atol=1e-3)
+
+
+def test_progress_is_refreshed_between_logs_and_during_evaluation(
+    demo_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(trainer_module, "PROGRESS_INTERVAL_SECONDS", 0.0)  # every chance to report is due
+    records = [{"prompt": f"Capital of {land}:", "completion": f" {capital}."} for land, capital in CAPITALS]
+    request = make_request(
+        tmp_path,
+        demo_model,
+        records,
+        "prompt_completion",
+        AdapterSpec(type="lora"),
+        validation=records[:8],
+        n_epochs=1,
+        logging_steps=1000,
+        gradient_accumulation_steps=2,
+        batch_size=2,
+    )
+    reporter = RecordingReporter()
+    train_adapter(request, reporter)
+    steps = [progress["step"] for progress in reporter.progress]
+    assert set(range(5)) <= set(steps)  # each step, though only the first one logs
+    assert len(steps) > 2 * 4 + 4  # two accumulated batches a step, and four evaluation batches
+
+
+# --- the spec's new rules -------------------------------------------------------------------------------
+
+
+def job(**body: Any) -> JobCreate:
+    return JobCreate.model_validate({"model": "loraq-tiny-demo", "training_file": "file-1", **body})
+
+
+def hyperparameters(**values: Any) -> dict[str, Any]:
+    return {"method": {"type": "supervised", "supervised": {"hyperparameters": values}}}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"validation_file": "file-2", **hyperparameters(validation_split=0.1)}, "not both"),
+        (hyperparameters(early_stopping_patience=2), "needs a validation_file or a validation_split"),
+        (hyperparameters(eval_steps=5), "needs a validation_file or a validation_split"),
+        (hyperparameters(early_stopping_patience=2, eval_steps=3, save_steps=10), "multiple of eval_steps"),
+        (hyperparameters(early_stopping_patience=2, eval_steps=3), "multiple of eval_steps"),
+        (hyperparameters(validation_split=0.6), "less than or equal to 0.5"),
+        (hyperparameters(validation_split=0), "greater than 0"),
+        ({"export": {"merged": True, "format": "gguf"}}, "Extra inputs are not permitted"),
+        ({"adapter": {"type": "qlora", "use_dora": True, "quantization": {"bits": 8}}}, "8-bit base"),
+    ],
+)
+def test_the_spec_rejects_impossible_combinations(body: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        job(**body)
+
+
+def test_the_spec_resolves_the_new_fields() -> None:
+    request = job(
+        validation_file="file-2",
+        export={"merged": True},
+        adapter={"type": "lora", "use_dora": True},
+        **hyperparameters(early_stopping_patience=2, eval_steps=5, save_steps=10, packing=True),
+    )
+    assert request.export.merged and request.adapter.use_dora and not request.adapter.use_rslora
+    resolved = resolve_hyperparameters(request.requested_hyperparameters, n_examples=64)
+    assert (resolved.eval_steps, resolved.packing, resolved.gradient_checkpointing) == (5, True, False)
+    # "auto" sizes come from the examples left for training: 48 of 64 with a quarter held out.
+    split = resolve_hyperparameters(Hyperparameters(validation_split=0.25), n_examples=64)
+    assert split.batch_size == 48 // 32
+    # A job stored before these fields existed still validates, evaluating at its checkpoints.
+    stored = resolve_hyperparameters(Hyperparameters(save_steps=7), n_examples=64).model_dump(
+        exclude={
+            "packing",
+            "gradient_checkpointing",
+            "eval_steps",
+            "early_stopping_patience",
+            "validation_split",
+        }
+    )
+    assert ResolvedHyperparameters.model_validate(stored).eval_steps == 7

@@ -11,7 +11,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from worker.training.data import CHATML_TEMPLATE
+from loraq.chat_template import CHATML_TEMPLATE
 
 DEMO_MODEL_NAME = "loraq-tiny-demo"
 SEED = 1234

@@ -11,7 +11,9 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from loraq.chat_template import CHATML_TEMPLATE
 from loraq.datasets import iter_examples
+from loraq.packing import pack_by_length
 
 logger = logging.get_logger(__name__)
 
@@ -20,18 +22,6 @@ Example = tuple[list[int], list[int]]  # (input_ids, labels)
 
 # The label value that PyTorch's cross-entropy (and so every HF causal LM) leaves out of the loss.
 IGNORE_INDEX = -100
-
-# ChatML, with tool calls written out as JSON (Qwen's way) so that they are trained on too.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] }}"
-    "{% for call in message.tool_calls or [] %}"
-    "{{ '\n<tool_call>\n' + call | tojson + '\n</tool_call>' }}"
-    "{% endfor %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass
@@ -83,11 +73,14 @@ def load_dataset(
     *,
     max_seq_len: int,
     train_on_inputs: bool,
+    keep: Callable[[int], bool] | None = None,  # which examples (0-based, file order) to take; None: all
 ) -> TokenizedDataset:
-    """Tokenize every record of a validated JSONL file, truncating to max_seq_len."""
+    """Tokenize the records of a validated JSONL file, truncating to max_seq_len."""
     tokenize = _TOKENIZERS[dataset_format]
     dataset = TokenizedDataset()
-    for record in iter_examples(path):
+    for index, record in enumerate(iter_examples(path)):
+        if keep is not None and not keep(index):
+            continue
         dataset.examples += 1
         input_ids, labels = tokenize(record, tokenizer)
         if train_on_inputs:
@@ -107,6 +100,10 @@ def load_dataset(
     if not dataset:
         raise ValueError(f"{path.name}: no example has a token to train on after truncation to {max_seq_len}")
     return dataset
+
+
+def count_examples(path: Path) -> int:
+    return sum(1 for _ in iter_examples(path))
 
 
 def tokenize_chat(record: Record, tokenizer: PreTrainedTokenizerBase) -> Example:
@@ -195,6 +192,60 @@ def _with_eos(input_ids: list[int], tokenizer: PreTrainedTokenizerBase) -> list[
     return [*input_ids, eos] if eos is not None and input_ids[-1:] != [eos] else input_ids
 
 
+@dataclass
+class PackedDataset:
+    """Examples packed into sequences of at most max_seq_len tokens; a Trainer samples it by sequence.
+
+    Each sequence's position_ids restart at 0 for every example. Given position_ids, no attention
+    mask and no KV cache (load_model turns it off), transformers builds a block-diagonal causal mask
+    (masking_utils.find_packed_sequence_indices), so no token attends to another example's.
+    """
+
+    examples: TokenizedDataset
+    packs: list[list[int]]  # example indices, one list per sequence
+    max_seq_len: int
+
+    def __len__(self) -> int:
+        return len(self.packs)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        position_ids: list[int] = []
+        for example in self.packs[index]:
+            input_ids += self.examples.input_ids[example]
+            # An example's first label would be predicted from the previous example's last token.
+            labels += [IGNORE_INDEX, *self.examples.labels[example][1:]]
+            position_ids += range(len(self.examples.input_ids[example]))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+    def stats(self) -> dict[str, Any]:
+        """The example counts, plus how densely the sequences are filled."""
+        return self.examples.stats() | {
+            "sequences": len(self),
+            "packing": {
+                "examples_per_sequence": round(len(self.examples) / len(self), 3),
+                "fill_ratio": round(self.examples.tokens / (len(self) * self.max_seq_len), 3),
+            },
+        }
+
+
+TrainingData = TokenizedDataset | PackedDataset
+
+
+def as_sequences(dataset: TokenizedDataset, *, packing: bool, max_seq_len: int) -> TrainingData:
+    """The sequences training sees: one example each, or several packed up to max_seq_len."""
+    if not packing:
+        return dataset
+    lengths = [len(input_ids) for input_ids in dataset.input_ids]
+    return PackedDataset(dataset, pack_by_length(lengths, max_seq_len), max_seq_len)
+
+
+def data_collator(dataset: TrainingData, pad_token_id: int) -> PaddingCollator | PackedCollator:
+    packed = isinstance(dataset, PackedDataset)
+    return PackedCollator(pad_token_id) if packed else PaddingCollator(pad_token_id)
+
+
 @dataclass(frozen=True)
 class PaddingCollator:
     """Right-pad a batch: input_ids with the pad token, labels with IGNORE_INDEX, plus the attention mask."""
@@ -207,6 +258,27 @@ class PaddingCollator:
             "input_ids": _right_padded(input_ids, self.pad_token_id),
             "labels": _right_padded([feature["labels"] for feature in features], IGNORE_INDEX),
             "attention_mask": _right_padded([[1] * len(row) for row in input_ids], 0),
+        }
+
+
+@dataclass(frozen=True)
+class PackedCollator:
+    """Right-pad packed sequences, with position_ids and no attention mask (which would hide the packing).
+
+    The padding's positions restart at 0 too, so it is a segment of its own that no real token sees.
+    One row per sequence, not transformers' DataCollatorWithFlattening's one row per batch: eager and
+    sdpa attention build a dense mask, so a flattened batch of b sequences costs b times the attention.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        positions = [feature["position_ids"] for feature in features]
+        width = max(len(row) for row in positions)
+        return {
+            "input_ids": _right_padded([feature["input_ids"] for feature in features], self.pad_token_id),
+            "labels": _right_padded([feature["labels"] for feature in features], IGNORE_INDEX),
+            "position_ids": torch.tensor([row + list(range(width - len(row))) for row in positions]),
         }
 
 

@@ -15,6 +15,8 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainerState
 
+from worker.training.model import free_memory, load_base
+
 if TYPE_CHECKING:
     from worker.training.run import TrainingRequest
 
@@ -30,7 +32,7 @@ def export_bundle(
     tokenizer: PreTrainedTokenizerBase,
     state: TrainerState,
     base_description: dict[str, Any],
-    data_stats: dict[str, int],
+    data_stats: dict[str, Any],
     metrics: dict[str, Any],
     device: torch.device,
 ) -> Path:
@@ -44,11 +46,43 @@ def export_bundle(
     tokenizer.save_pretrained(bundle_dir)
     write_json(bundle_dir / "training_args.json", training_args(request))
     write_metrics(bundle_dir / "metrics.jsonl", state.log_history)
-    manifest = build_manifest(request, state, base_description, data_stats, metrics, device)
+    manifest = build_manifest(
+        request,
+        state,
+        base_description,
+        data_stats,
+        metrics,
+        device,
+        # What the model did, not what was asked: proof that checkpointing was on.
+        gradient_checkpointing=bool(model.is_gradient_checkpointing),
+    )
     write_json(bundle_dir / "manifest.json", manifest)
     # Written last: PEFT's save_pretrained leaves a generic README.md that this replaces.
     (bundle_dir / "README.md").write_text(model_card(request, manifest), encoding="utf-8")
     return bundle_dir
+
+
+def export_merged(
+    merged_dir: Path,
+    *,
+    base_model_path: Path,
+    adapter_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Path:
+    """The base at full precision with the exported adapter merged in: a plain transformers model.
+
+    Never merged into a 4- or 8-bit base: rounding the merged weights back to 4 bits loses much
+    of what the adapter learned. A QLoRA adapter was trained against the quantized weights, so the
+    merged model is close to, not identical with, the model that was trained.
+    """
+    free_memory()  # the caller has dropped the training model: two copies of the base may not fit
+    base = load_base(base_model_path, dtype, device)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(merged_dir)  # safetensors: transformers 5 writes no other format
+    tokenizer.save_pretrained(merged_dir)
+    return merged_dir
 
 
 def training_args(request: TrainingRequest) -> dict[str, Any]:
@@ -56,6 +90,7 @@ def training_args(request: TrainingRequest) -> dict[str, Any]:
     return {
         "hyperparameters": request.hyperparameters.model_dump(mode="json"),
         "adapter": request.adapter.model_dump(mode="json"),
+        "export": {"merged": request.merged},
         "seed": request.seed,
         "dataset_format": request.dataset_format,
     }
@@ -65,9 +100,11 @@ def build_manifest(
     request: TrainingRequest,
     state: TrainerState,
     base_description: dict[str, Any],
-    data_stats: dict[str, int],
+    data_stats: dict[str, Any],
     metrics: dict[str, Any],
     device: torch.device,
+    *,
+    gradient_checkpointing: bool,
 ) -> dict[str, Any]:
     """What the adapter was trained from and with: enough to reproduce the run."""
     validation = request.validation_path
@@ -88,9 +125,13 @@ def build_manifest(
         "seed": request.seed,
         "device": describe_device(device),
         "libraries": library_versions(),
+        "gradient_checkpointing": gradient_checkpointing,
         "trained_tokens": state.num_input_tokens_seen,
         "steps": state.global_step,
+        "total_steps": state.max_steps,  # more than steps when training stopped early
+        "best_eval_step": state.best_global_step,  # the adapter's step when early stopping kept the best
         "metrics": metrics,
+        "merged_export": request.merged,
     }
 
 
@@ -157,6 +198,7 @@ A {adapter_type} adapter trained by loraq on `{name}` (revision `{revision}`).
 
 {examples} {format} examples: {tokens} tokens, {label_tokens} of them trained on;
 {truncated} truncated to {max_seq_len} tokens, {dropped} dropped with nothing left to train on.
+{sequences}
 
 ## Training
 
@@ -203,7 +245,17 @@ def model_card(request: TrainingRequest, manifest: dict[str, Any]) -> str:
         device=manifest["device"],
         train_loss=_loss(manifest["metrics"].get("train_loss")),
         eval_loss=_loss(manifest["metrics"].get("eval_loss")),
+        sequences=_sequences(dataset, hp.max_seq_len),
         **{key: dataset[key] for key in ("examples", "tokens", "label_tokens", "truncated", "dropped")},
+    )
+
+
+def _sequences(dataset: dict[str, Any], max_seq_len: int) -> str:
+    if "packing" not in dataset:
+        return "One example per training sequence."
+    return (
+        f"Packed into {dataset['sequences']} sequences of up to {max_seq_len} tokens; "
+        "no token attends to another example's."
     )
 
 

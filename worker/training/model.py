@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,22 +41,37 @@ def resolve_compute_dtype(requested: str, device: torch.device) -> torch.dtype:
 def load_model(base_model_path: Path, adapter: AdapterSpec, device: torch.device) -> LoadedModel:
     """The base model from local safetensors, quantized if the adapter is QLoRA, with fresh LoRA layers."""
     compute_dtype = resolve_compute_dtype(adapter.effective_compute_dtype, device)
-    base = AutoModelForCausalLM.from_pretrained(
+    base = load_base(
+        base_model_path, compute_dtype, device, quantization_config(adapter.quantization, compute_dtype)
+    )
+    # Training never reuses past keys; and with a cache, transformers ignores packed sequences'
+    # position_ids when building the mask (masking_utils._preprocess_mask_arguments), so examples would leak.
+    base.config.use_cache = False
+    base_description = describe_base(base, adapter.quantization, compute_dtype)
+    if adapter.quantization is not None:
+        keep_4bit_layers_trainable(base)
+        # Gradient checkpointing, if asked, is the Trainer's: non-reentrant, so no input-grad hook needed.
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    model = get_peft_model(base, lora_config(adapter))
+    return LoadedModel(model=model, compute_dtype=compute_dtype, base_description=base_description)
+
+
+def load_base(
+    base_model_path: Path,
+    dtype: torch.dtype,
+    device: torch.device,
+    quantization: BitsAndBytesConfig | None = None,
+) -> PreTrainedModel:
+    """A base model from local safetensors only: no remote code, no pickle, no Hub."""
+    return AutoModelForCausalLM.from_pretrained(
         base_model_path,
-        dtype=compute_dtype,
-        quantization_config=quantization_config(adapter.quantization, compute_dtype),
+        dtype=dtype,
+        quantization_config=quantization,
         device_map={"": str(device)},
         trust_remote_code=False,
         use_safetensors=True,
         local_files_only=True,
     )
-    base_description = describe_base(base, adapter.quantization, compute_dtype)
-    if adapter.quantization is not None:
-        keep_4bit_layers_trainable(base)
-        # No gradient checkpointing: the spec has no switch for it yet, and it costs ~30% speed.
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    model = get_peft_model(base, lora_config(adapter))
-    return LoadedModel(model=model, compute_dtype=compute_dtype, base_description=base_description)
 
 
 def quantization_config(
@@ -81,6 +97,8 @@ def lora_config(adapter: AdapterSpec) -> LoraConfig:
         lora_alpha=int(adapter.alpha) if float(adapter.alpha).is_integer() else adapter.alpha,  # type: ignore[arg-type]
         lora_dropout=adapter.dropout,
         target_modules=adapter.target_modules,
+        use_rslora=adapter.use_rslora,
+        use_dora=adapter.use_dora,
         task_type="CAUSAL_LM",
     )
 
@@ -122,6 +140,13 @@ def count_quantized_linear_layers(model: nn.Module) -> int:
 
     quantized = (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
     return sum(isinstance(module, quantized) for module in model.modules())
+
+
+def free_memory() -> None:
+    """Return the memory of dropped models now: to the allocator, and on a GPU to the device."""
+    gc.collect()  # a model's modules hold reference cycles that refcounting alone never frees
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def dtype_name(dtype: torch.dtype) -> str:

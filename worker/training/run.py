@@ -7,11 +7,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from transformers import Trainer, set_seed
+from transformers import PreTrainedTokenizerBase, Trainer, set_seed
 
-from loraq.spec import AdapterSpec, ResolvedHyperparameters
-from worker.training.data import TokenizedDataset, load_dataset, load_tokenizer
-from worker.training.export import export_bundle
+from loraq.spec import AdapterSpec, ResolvedHyperparameters, held_out_indices
+from worker.training.data import (
+    TokenizedDataset,
+    as_sequences,
+    count_examples,
+    load_dataset,
+    load_tokenizer,
+)
+from worker.training.export import export_bundle, export_merged
 from worker.training.model import load_model, pick_device
 from worker.training.trainer import ReporterBridge, build_trainer
 
@@ -22,12 +28,13 @@ class TrainingRequest:
     base_model_name: str
     train_path: Path  # validated JSONL
     dataset_format: str  # "chat" | "prompt_completion" | "text"
-    validation_path: Path | None
+    validation_path: Path | None  # None: hyperparameters.validation_split, if set, holds some out
     output_dir: Path  # scratch dir, worker-owned
     hyperparameters: ResolvedHyperparameters
     adapter: AdapterSpec
     seed: int
     resume_from: Path | None = None  # a checkpoint dir previously given to on_checkpoint
+    merged: bool = False  # also export the base with the adapter merged in (JobCreate.export.merged)
 
 
 class Reporter(Protocol):
@@ -53,7 +60,8 @@ class TrainingOutcome:
     bundle_dir: Path  # the exported adapter dir (all bundle files)
     trained_tokens: int
     steps: int
-    metrics: dict[str, Any]  # final train_loss / eval_loss
+    metrics: dict[str, Any]  # final train_loss / eval_loss, and token accuracies where measured
+    merged_dir: Path | None = None  # the merged model's dir (safetensors + tokenizer), if asked
 
 
 def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
@@ -63,16 +71,11 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
     device = pick_device()
 
     tokenizer = load_tokenizer(request.base_model_path, request.dataset_format)
-    # Validation is masked as training is, so eval_loss and train_loss measure the same tokens.
-    tokenize = partial(
-        load_dataset,
-        dataset_format=request.dataset_format,
-        tokenizer=tokenizer,
-        max_seq_len=hp.max_seq_len,
-        train_on_inputs=hp.train_on_inputs,
-    )
-    train = tokenize(request.train_path)
-    validation = tokenize(request.validation_path) if request.validation_path else None
+    train, validation = tokenized_datasets(request, tokenizer)
+    # Packing, if asked: several short examples a sequence, each attending only to itself.
+    sequences = partial(as_sequences, packing=hp.packing, max_seq_len=hp.max_seq_len)
+    train_sequences = sequences(train)
+    validation_sequences = sequences(validation) if validation is not None else None
 
     loaded = load_model(request.base_model_path, request.adapter, device)
 
@@ -80,8 +83,8 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
     trainer = build_trainer(
         model=loaded.model,
         tokenizer=tokenizer,
-        train=train,
-        validation=validation,
+        train=train_sequences,
+        validation=validation_sequences,
         hyperparameters=hp,
         seed=request.seed,
         output_dir=request.output_dir / "checkpoints",
@@ -92,31 +95,73 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
     trainer.train(resume_from_checkpoint=str(request.resume_from) if request.resume_from else None)
     if bridge.stopped:
         raise TrainingStopped(f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps}")
-    metrics = final_metrics(trainer, bridge, validation)
+    metrics = final_metrics(trainer, bridge, has_validation=validation is not None)
 
+    state = trainer.state
     bundle_dir = export_bundle(
         request.output_dir / "adapter",
         request,
         model=loaded.model,
         tokenizer=tokenizer,
-        state=trainer.state,
+        state=state,
         base_description=loaded.base_description,
-        data_stats=train.stats(),
+        data_stats=train_sequences.stats() | {"validation": validation.stats() if validation else None},
         metrics=metrics,
         device=device,
     )
+    merged_dir = None
+    if request.merged:
+        compute_dtype = loaded.compute_dtype
+        del trainer, loaded  # the merge loads the base again, at full precision: drop the trained copy
+        merged_dir = export_merged(
+            request.output_dir / "merged",
+            base_model_path=request.base_model_path,
+            adapter_dir=bundle_dir,
+            tokenizer=tokenizer,
+            dtype=compute_dtype,
+            device=device,
+        )
     return TrainingOutcome(
         bundle_dir=bundle_dir,
-        trained_tokens=trainer.state.num_input_tokens_seen,
-        steps=trainer.state.global_step,
+        trained_tokens=state.num_input_tokens_seen,
+        steps=state.global_step,
         metrics=metrics,
+        merged_dir=merged_dir,
     )
 
 
-def final_metrics(
-    trainer: Trainer, bridge: ReporterBridge, validation: TokenizedDataset | None
-) -> dict[str, Any]:
-    """The last train loss and an eval loss of the final weights (evaluating once more if needed)."""
-    if validation is not None and bridge.last_eval_step != trainer.state.global_step:
-        trainer.evaluate()  # its eval_loss reaches the bridge through on_log
-    return dict(bridge.losses)
+def tokenized_datasets(
+    request: TrainingRequest, tokenizer: PreTrainedTokenizerBase
+) -> tuple[TokenizedDataset, TokenizedDataset | None]:
+    """The training examples, and the validation examples: from their own file, or held out of training's."""
+    hp = request.hyperparameters
+    # Validation is masked as training is, so eval_loss and train_loss measure the same tokens.
+    tokenize = partial(
+        load_dataset,
+        dataset_format=request.dataset_format,
+        tokenizer=tokenizer,
+        max_seq_len=hp.max_seq_len,
+        train_on_inputs=hp.train_on_inputs,
+    )
+    if request.validation_path is not None:
+        if hp.validation_split is not None:
+            raise ValueError("a job has a validation file or a validation_split, not both")
+        return tokenize(request.train_path), tokenize(request.validation_path)
+    if hp.validation_split is None:
+        return tokenize(request.train_path), None
+    held_out = held_out_indices(count_examples(request.train_path), hp.validation_split, request.seed)
+    if not held_out:
+        raise ValueError("validation_split needs at least 2 training examples")
+    train = tokenize(request.train_path, keep=lambda index: index not in held_out)
+    return train, tokenize(request.train_path, keep=held_out.__contains__)
+
+
+def final_metrics(trainer: Trainer, bridge: ReporterBridge, *, has_validation: bool) -> dict[str, Any]:
+    """The last train metrics, and eval metrics of the exported weights (evaluating once more if needed)."""
+    state = trainer.state
+    # With early stopping the Trainer reloads the best checkpoint at the end (load_best_model_at_end).
+    best_reloaded = trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
+    exported_step = state.best_global_step if best_reloaded else state.global_step
+    if has_validation and bridge.last_eval_step != exported_step:
+        trainer.evaluate()  # its metrics reach the bridge through on_log
+    return dict(bridge.latest)
