@@ -85,6 +85,7 @@ class JobPublic(BaseModel):
     hyperparameters: dict[str, Any]
     method: dict[str, Any]
     adapter: dict[str, Any]
+    export: dict[str, Any] | None
     result_files: list[str]
     fine_tuned_model: str | None
     trained_tokens: int | None
@@ -110,6 +111,7 @@ class JobPublic(BaseModel):
             hyperparameters=job.hyperparameters,
             method=job.method,
             adapter=job.adapter,
+            export=job.export,
             result_files=list(job.result_files or []),
             fine_tuned_model=job.fine_tuned_model,
             trained_tokens=job.trained_tokens,
@@ -150,6 +152,7 @@ class CheckpointPublic(BaseModel):
     metrics: dict[str, Any]
     fine_tuning_job_id: str
     fine_tuned_model_checkpoint: str
+    result_file: str | None  # loraq: this checkpoint's adapter bundle, at /v1/files/{id}/content
 
     @classmethod
     def of(cls, checkpoint: Checkpoint) -> CheckpointPublic:
@@ -160,6 +163,7 @@ class CheckpointPublic(BaseModel):
             metrics=checkpoint.metrics,
             fine_tuning_job_id=checkpoint.job_id,
             fine_tuned_model_checkpoint=f"{checkpoint.job_id}:ckpt-step-{checkpoint.step_number}",
+            result_file=checkpoint.result_file,
         )
 
 

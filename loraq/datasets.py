@@ -207,7 +207,8 @@ def _parse_line(raw: bytes) -> Any:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
-        reason = f"{err.msg} at column {err.colno}"
+        # Some messages end in "at" already ("Unterminated string starting at"): don't say it twice.
+        reason = f"{err.msg.removesuffix(' at')} at column {err.colno}"
     except ValueError as err:  # NaN, or an integer longer than Python will parse
         reason = str(err)
     except RecursionError:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from loraq import lifecycle, repository
+from loraq import estimate, lifecycle, repository
 from loraq.base_models import resolve_base_model
 from loraq.errors import Conflict, InvalidRequest, NotFound
 from loraq.files import DATASET_PURPOSE
@@ -17,6 +20,7 @@ from loraq.projects import check_can_queue
 from loraq.queue import publish_after_commit
 from loraq.settings import Settings
 from loraq.spec import JobCreate, resolve_hyperparameters
+from loraq.storage import ArtifactStore
 
 
 def create_job(session: Session, *, project_id: str, request: JobCreate, settings: Settings) -> Job:
@@ -45,6 +49,7 @@ def create_job(session: Session, *, project_id: str, request: JobCreate, setting
         method=request.method.model_dump(mode="json"),
         hyperparameters=resolved.model_dump(mode="json"),
         adapter=request.adapter.model_dump(mode="json"),
+        export=request.export.model_dump(mode="json"),
         # The files were validated at upload, so the job is ready for a worker at once.
         status=JobStatus.QUEUED.value,
         result_files=[],
@@ -56,6 +61,27 @@ def create_job(session: Session, *, project_id: str, request: JobCreate, setting
     lifecycle.add_event(session, job.id, "Fine-tuning job queued")
     publish_after_commit(session, job.id)
     return job
+
+
+def estimate_job(
+    session: Session, *, project_id: str, request: JobCreate, settings: Settings, store: ArtifactStore
+) -> dict[str, Any]:
+    """What a job would cost, without queueing it: tokens, sequences, steps and peak memory."""
+    base = resolve_base_model(request.model, settings)
+    if base.path is None:
+        raise InvalidRequest(
+            "estimates need the base model on this server's disk, not a hub id", param="model"
+        )
+    training = _dataset_file(session, project_id, request.training_file, param="training_file")
+    with tempfile.TemporaryDirectory(prefix="loraq-estimate-") as scratch:
+        train_path = Path(scratch) / "train.jsonl"
+        store.download(training.storage_key, train_path)
+        return estimate.estimate_job(
+            request=request,
+            train_path=train_path,
+            dataset_format=training.format or "chat",
+            model_dir=base.path,
+        )
 
 
 def cancel_job(session: Session, *, project_id: str, job_id: str) -> Job:

@@ -173,9 +173,23 @@ def add_event(
 
 
 def add_checkpoint(
-    session: Session, lease: Lease, *, step: int, metrics: dict[str, Any], storage_key: str
+    session: Session,
+    lease: Lease,
+    *,
+    step: int,
+    metrics: dict[str, Any],
+    storage_key: str,
+    result_file: str | None = None,
 ) -> None:
-    session.add(Checkpoint(job_id=lease.job_id, step_number=step, metrics=metrics, storage_key=storage_key))
+    session.add(
+        Checkpoint(
+            job_id=lease.job_id,
+            step_number=step,
+            metrics=metrics,
+            storage_key=storage_key,
+            result_file=result_file,
+        )
+    )
     # Progress was saved: a later crash is a new failure, not one more of the same. Attempts count
     # only the deaths in a row that saved nothing, so a long job survives many unrelated restarts.
     session.execute(

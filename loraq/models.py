@@ -78,6 +78,7 @@ class Job(Base):
     method: Mapped[dict[str, Any]] = mapped_column(JSON)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     adapter: Mapped[dict[str, Any]] = mapped_column(JSON)
+    export: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     status: Mapped[str] = mapped_column(String(32), index=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
@@ -115,7 +116,9 @@ class Checkpoint(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     step_number: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    storage_key: Mapped[str] = mapped_column(String(255))
+    storage_key: Mapped[str] = mapped_column(String(255))  # the full state to resume from
+    # The checkpoint's adapter as a downloadable bundle (a result file of the job's project).
+    result_file: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[int] = mapped_column(BigInteger, default=_unix_seconds)
 
 

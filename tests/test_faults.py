@@ -120,7 +120,7 @@ def test_killed_workers_lose_nothing(stack: Stack) -> None:
         bundles = [
             f
             for f in client.get("/v1/files", params={"purpose": "fine-tune-results"}).json()["data"]
-            if f["filename"].startswith(job["id"])
+            if f["filename"] == f"{job['id']}-adapter.tar.gz"
         ]
         assert [b["id"] for b in bundles] == done["result_files"]
 
@@ -262,11 +262,32 @@ def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
 
 def redis_ctl(action: str) -> None:
     if action == "stop":
-        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True)
+        subprocess.run(
+            ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True
+        )
         return
-    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-                    "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
-                    "--logfile", "/var/log/redis/ci.log"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        ],
+        check=True,
+        capture_output=True,
+    )
     wait_for(lambda: redis.Redis.from_url(REDIS_URL).ping(), timeout=30, what="redis to answer")
 
 
@@ -278,10 +299,21 @@ def test_broker_outage_is_not_ready_but_loses_no_job(stack: Stack) -> None:
             ready = client.get("/readyz")
             assert ready.status_code == 503 and "broker" in ready.json()["error"]["message"]
             started = time.monotonic()
-            created = client.post("/v1/fine_tuning/jobs", json={
-                "model": "loraq-tiny-demo", "training_file": training["id"], "adapter": {"type": "lora", "r": 2},
-                "method": {"type": "supervised", "supervised": {"hyperparameters": {
-                    "n_epochs": 1, "batch_size": 4, "max_seq_len": 64}}}}, timeout=60)
+            created = client.post(
+                "/v1/fine_tuning/jobs",
+                json={
+                    "model": "loraq-tiny-demo",
+                    "training_file": training["id"],
+                    "adapter": {"type": "lora", "r": 2},
+                    "method": {
+                        "type": "supervised",
+                        "supervised": {
+                            "hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_len": 64}
+                        },
+                    },
+                },
+                timeout=60,
+            )
             # Postgres is the source of truth: the job is stored even though nobody could be told yet.
             assert created.status_code == 200, created.text
             assert time.monotonic() - started < 30

@@ -21,8 +21,9 @@ def test_pickle_only_models_and_hub_ids_are_refused(stack: Stack, demo_model: Pa
             assert "pickle-only-model" not in listed and "loraq-tiny-demo" in listed
             training = upload(client, chat_dataset(2))
             for model in ("pickle-only-model", "HuggingFaceTB/SmolLM2-135M", "../loraq-tiny-demo", "/etc"):
-                response = client.post("/v1/fine_tuning/jobs", json={"model": model,
-                                                                     "training_file": training["id"]})
+                response = client.post(
+                    "/v1/fine_tuning/jobs", json={"model": model, "training_file": training["id"]}
+                )
                 assert response.status_code == 400, (model, response.text)
                 assert response.json()["error"]["param"] == "model"
     finally:

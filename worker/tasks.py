@@ -54,6 +54,7 @@ class JobSnapshot:
     validation_key: str | None
     checkpoint: tuple[int, str] | None  # (step, storage key) of the newest checkpoint
     attempt: int
+    merged_export: bool
 
 
 @app.task(
@@ -95,7 +96,12 @@ def run_job(job_id: str) -> str:
     ) as heartbeat:
         try:
             with tempfile.TemporaryDirectory(prefix=f"loraq-{job_id}-") as scratch:
-                outcome = _train(snapshot, Path(scratch), store, JobReporter(lease, heartbeat, store))
+                outcome = _train(
+                    snapshot,
+                    Path(scratch),
+                    store,
+                    JobReporter(lease, heartbeat, store, project_id=snapshot.project_id),
+                )
                 _publish_result(snapshot, lease, outcome, store)
         except TrainingStopped:
             log.info("job %s stopped: cancelled or its lease was taken", job_id)
@@ -152,6 +158,7 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
         validation_key=validation.storage_key if validation else None,
         checkpoint=(newest.step_number, newest.storage_key) if newest else None,
         attempt=job.attempts,
+        merged_export=bool((job.export or {}).get("merged")),
     )
 
 
@@ -184,6 +191,7 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
         adapter=job.adapter,
         seed=job.seed,
         resume_from=resume_from,
+        merged=job.merged_export,
     )
     return train_adapter(request, reporter)
 
@@ -198,25 +206,31 @@ def _unpack_checkpoint(store: ArtifactStore, key: str, dest: Path) -> Path:
 
 
 def _publish_result(job: JobSnapshot, lease: Lease, outcome: TrainingOutcome, store: ArtifactStore) -> None:
-    """Store the adapter bundle and mark the job succeeded, in one transaction, only if still ours."""
+    """Store the result bundles and mark the job succeeded, in one transaction, only if still ours."""
     from worker.training import TrainingStopped
     from worker.training.export import pack_bundle
 
-    bundle = outcome.bundle_dir.parent / f"{job.id}-adapter.tar.gz"
-    pack_bundle(outcome.bundle_dir, bundle)
+    outputs = {"adapter": outcome.bundle_dir, "merged": outcome.merged_dir}
+    bundles = []
+    for kind, directory in outputs.items():
+        if directory is not None:
+            bundles.append(pack_bundle(directory, directory.parent / f"{job.id}-{kind}.tar.gz"))
     with session_scope() as session:
-        result = files.create_result_file(
-            session, project_id=job.project_id, filename=bundle.name, source=bundle, store=store
-        )
+        results = [
+            files.create_result_file(
+                session, project_id=job.project_id, filename=bundle.name, source=bundle, store=store
+            )
+            for bundle in bundles
+        ]
         won = lifecycle.succeed(
             session,
             lease,
-            result_files=[result.id],
+            result_files=[result.id for result in results],
             fine_tuned_model=fine_tuned_model_name(session, job.id),
             trained_tokens=outcome.trained_tokens,
         )
         if not won:
-            # Cancelled or taken over while exporting: roll back, which also deletes the blob.
+            # Cancelled or taken over while exporting: roll back, which also deletes the blobs.
             raise TrainingStopped("the job stopped being ours before its result was recorded")
 
 

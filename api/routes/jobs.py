@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from api.deps import IdempotencyKey, ProjectId, SessionDep, SettingsDep
+from api.deps import IdempotencyKey, ProjectId, SessionDep, SettingsDep, StoreDep
 from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPublic, list_of
 from loraq import jobs, repository
 from loraq.errors import InvalidRequest
@@ -41,6 +41,14 @@ def create_job(
         request_fingerprint=lambda: request_fingerprint,
         create=create,
     )
+
+
+@router.post("/estimate")
+def estimate_job(
+    body: JobCreate, project_id: ProjectId, session: SessionDep, settings: SettingsDep, store: StoreDep
+) -> dict[str, Any]:
+    """Examples, tokens, truncation, length percentiles, steps and a memory estimate, without queueing."""
+    return jobs.estimate_job(session, project_id=project_id, request=body, settings=settings, store=store)
 
 
 @router.get("", response_model=ListPublic[JobPublic])
