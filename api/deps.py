@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
-from loraq.db import get_sessionmaker
+from loraq.db import session_scope
 from loraq.errors import Forbidden, Unauthorized
 from loraq.keys import authenticate
 from loraq.models import ApiKey
@@ -18,15 +18,8 @@ from loraq.storage import ArtifactStore, get_store
 
 def get_session() -> Iterator[Session]:
     """The request's unit of work: committed here and only here, before the response is sent."""
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit before the response goes out, so a failed commit is the caller's error.

@@ -33,10 +33,11 @@ def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]
     engine.dispose()
 
 
-def new_job(session: Session) -> str:
-    project = session.scalars(select(Project).where(Project.name == "lifecycle-test")).first()
+def new_job(session: Session, project_name: str = "lifecycle-test") -> str:
+    """A queued job row, in a project of that name (made on first use)."""
+    project = session.scalars(select(Project).where(Project.name == project_name)).first()
     if project is None:
-        project = Project(name="lifecycle-test")
+        project = Project(name=project_name)
         session.add(project)
         session.flush()
     job = Job(

@@ -18,7 +18,8 @@ from loraq import lifecycle
 from loraq.db import make_engine
 from loraq.lifecycle import TERMINAL, JobStatus, Lease
 from loraq.migrate import upgrade_to_head
-from loraq.models import Job, Project
+from loraq.models import Job
+from tests.test_lifecycle import new_job
 
 WORKERS = ["w1", "w2", "w3"]
 MAX_ATTEMPTS = 4
@@ -37,23 +38,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def create_job(self) -> None:
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         with self.sessions.begin() as session:
-            project = Project(name="props")
-            session.add(project)
-            session.flush()
-            job = Job(
-                project_id=project.id,
-                model="m",
-                training_file="file-x",
-                seed=1,
-                method={},
-                hyperparameters={},
-                adapter={},
-                status=JobStatus.QUEUED.value,
-                result_files=[],
-            )
-            session.add(job)
-            session.flush()
-            self.job_id = job.id
+            self.job_id = new_job(session, project_name=f"props-{time.monotonic_ns()}")
         self.leases: dict[str, Lease] = {}
         self.terminal_wins: list[JobStatus] = []
 
