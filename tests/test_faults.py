@@ -63,7 +63,7 @@ def newest_checkpoint_step(client: httpx.Client, job_id: str) -> int:
 
 
 def test_killed_workers_lose_nothing(stack: Stack) -> None:
-    examples, batch, epochs, kills = 48, 8, 6, 5
+    examples, batch, epochs, kills = 48, 8, 8, 5
     planned_steps = epochs * math.ceil(examples / batch)
     with stack.client() as client:
         training = upload(client, slow_dataset(examples))
