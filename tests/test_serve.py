@@ -47,6 +47,8 @@ def test_make_serve_runs_the_embedded_default(tmp_path: Path) -> None:
         ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 200, ready.text
         assert f"http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        assert 'loraq_jobs{status="queued"} 0.0' in scrape
     finally:
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=60)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from api.errors import error_response
-from loraq.db import get_engine
+from loraq import lifecycle
+from loraq.db import get_engine, session_scope
+from loraq.lifecycle import JobStatus
 from loraq.queue import get_celery
 
 router = APIRouter(tags=["health"])
@@ -39,10 +42,22 @@ def readyz() -> Response:
     return Response('{"status":"ready"}', media_type="application/json")
 
 
+JOBS_BY_STATUS = Gauge(
+    "loraq_jobs", "Fine-tuning jobs in the database, by status (all projects).", ["status"]
+)
+
+
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 def metrics() -> Response:
+    try:
+        with session_scope() as session:
+            counts = lifecycle.count_by_status(session)
+        for status in JobStatus:
+            JOBS_BY_STATUS.labels(status=status.value).set(counts.get(status.value, 0))
+    except OperationalError:
+        pass  # the database is down: /readyz says so, and the process metrics are still worth a scrape
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
