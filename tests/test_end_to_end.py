@@ -190,3 +190,32 @@ def test_cancel_queued_job_is_immediate(stack: Stack) -> None:
         time.sleep(2)  # a worker that picks up the message must leave it cancelled
         job = client.get(f"/v1/fine_tuning/jobs/{created.json()['id']}").json()
     assert job["status"] == "cancelled" and job["result_files"] == []
+
+
+def test_training_error_fails_the_job_with_a_readable_error(stack: Stack) -> None:
+    # Every answer lies past max_seq_len, so no example has a token to learn from.
+    long_system = "context " * 40
+    lines = [
+        {
+            "messages": [
+                {"role": "system", "content": long_system},
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello"},
+            ]
+        }
+        for _ in range(4)
+    ]
+    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    with stack.client() as client:
+        training = upload(client, content)
+        job = client.post(
+            "/v1/fine_tuning/jobs", json=job_body(training["id"], {"type": "lora"}, max_seq_len=16)
+        )
+        done = stack.wait_for_job(job.json()["id"], FINISHED)
+        assert done["status"] == "failed" and done["result_files"] == []
+        assert done["error"]["code"] == "training_error"
+        assert "max_seq_len" in done["error"]["message"] or "trainable" in done["error"]["message"], done[
+            "error"
+        ]
+        events = client.get(f"/v1/fine_tuning/jobs/{done['id']}/events").json()["data"]
+        assert any(e["level"] == "error" for e in events)

@@ -98,7 +98,10 @@ def load_dataset(
         dataset.tokens += len(input_ids)
         dataset.label_tokens += label_tokens
     if not dataset:
-        raise ValueError(f"{path.name}: no example has a token to train on after truncation to {max_seq_len}")
+        raise ValueError(
+            f"{path.stem} data: no example has a token to train on after truncation to "
+            f"max_seq_len={max_seq_len}; raise max_seq_len or shorten the prompts"
+        )
     return dataset
 
 
