@@ -4,6 +4,7 @@ import each other; the API process never imports torch."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,5 +64,5 @@ def test_no_unsafe_loading_in_the_code() -> None:
     for package in ("loraq", "api", "worker"):
         for path in (REPO / package).rglob("*.py"):
             source = path.read_text()
-            assert "trust_remote_code=True" not in source, path
+            assert not re.search(r"trust_remote_code\s*=\s*True", source), path
             assert "import pickle" not in source, path
