@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -83,7 +84,7 @@ def create_result_file(
         filename=filename,
         purpose=RESULTS_PURPOSE,
         bytes=source.stat().st_size,
-        sha256=_sha256(source),
+        sha256=sha256_file(source),
         storage_key=key,
     )
     session.add(file)
@@ -129,9 +130,19 @@ def _display_name(filename: str) -> str:
     return name[:255] or "upload.jsonl"
 
 
-def _sha256(path: Path) -> str:
+def read_chunks(handle: BinaryIO, size: int = 1 << 20) -> Iterator[bytes]:
+    """A binary file in chunks, so no file is ever held whole in memory."""
+    while chunk := handle.read(size):
+        yield chunk
+
+
+def sha256_of(chunks: Iterable[bytes]) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
+    for chunk in chunks:
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return sha256_of(read_chunks(handle))

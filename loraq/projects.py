@@ -66,10 +66,6 @@ def revoke_key(session: Session, *, project_id: str, key_id: str) -> ApiKey:
     return key
 
 
-def running_limit(project: Project, settings: Settings) -> int:
-    return project.max_running_jobs or settings.default_max_running_jobs
-
-
 def check_can_queue(session: Session, *, project_id: str, settings: Settings) -> None:
     """429 when the project already has as many queued jobs as it may."""
     project = get_project(session, project_id)

@@ -45,7 +45,6 @@ class JobSnapshot:
     id: str
     project_id: str
     model: str
-    suffix: str | None
     seed: int
     hyperparameters: ResolvedHyperparameters
     adapter: AdapterSpec
@@ -149,7 +148,6 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
         id=job.id,
         project_id=job.project_id,
         model=job.model,
-        suffix=job.suffix,
         seed=job.seed,
         hyperparameters=ResolvedHyperparameters.model_validate(job.hyperparameters),
         adapter=AdapterSpec.model_validate(job.adapter),

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, UploadFile
 from fastapi.responses import StreamingResponse
@@ -15,13 +13,6 @@ from loraq import files, repository
 from loraq.idempotency import create_once, fingerprint
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
-
-UPLOAD_CHUNK_BYTES = 1 << 20
-
-
-def _chunks(handle: BinaryIO) -> Iterator[bytes]:
-    while chunk := handle.read(UPLOAD_CHUNK_BYTES):
-        yield chunk
 
 
 @router.post("", response_model=FilePublic)
@@ -42,17 +33,14 @@ def upload_file(
             project_id=project_id,
             filename=filename,
             purpose=purpose,
-            chunks=_chunks(file.file),
+            chunks=files.read_chunks(file.file),
             store=store,
             settings=settings,
         )
         return FilePublic.of(created).model_dump(), fingerprint(filename, purpose, created.sha256)
 
     def request_fingerprint() -> str:
-        digest = hashlib.sha256()
-        for chunk in _chunks(file.file):
-            digest.update(chunk)
-        return fingerprint(filename, purpose, digest.hexdigest())
+        return fingerprint(filename, purpose, files.sha256_of(files.read_chunks(file.file)))
 
     return create_once(
         session,

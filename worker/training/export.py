@@ -15,6 +15,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainerState
 
+from loraq.files import sha256_file
 from worker.training.model import free_memory, load_base
 
 if TYPE_CHECKING:
@@ -141,14 +142,6 @@ def base_model_revision(base_model_path: Path) -> str:
     digest = hashlib.sha256()
     for path in files:
         digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
-    return digest.hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 20):
-            digest.update(chunk)
     return digest.hexdigest()
 
 
