@@ -27,7 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere: import loraq and worker from this checkout
 
-from loraq.estimate import (  # noqa: E402
+from loraq.jobs.estimate import (  # noqa: E402
     Architecture,
     activation_bytes,
     base_weight_bytes,
@@ -36,7 +36,7 @@ from loraq.estimate import (  # noqa: E402
     memory_breakdown,
     targeted_layers,
 )
-from loraq.spec import AdapterSpec, Quantization  # noqa: E402
+from loraq.jobs.spec import AdapterSpec, Quantization  # noqa: E402
 
 # Llama-3-like proportions (GQA, SwiGLU at 2.75 x hidden), small enough for a CPU.
 MODEL_CONFIG = {

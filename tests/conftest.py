@@ -1,33 +1,22 @@
-"""Fixtures: a tiny demo model, and two real deployments (embedded default; Postgres + Redis)."""
+"""Fixtures: a tiny demo model, databases, and two real deployments (embedded default; Postgres + Redis)."""
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-import redis
 
+from tests.helpers import FAST_TIMINGS, POSTGRES_ADMIN_URL
+from tests.services import private_redis
 from tests.stack import Stack
 
-POSTGRES_ADMIN_URL = os.environ.get("LORAQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("LORAQ_TEST_REDIS", "redis://127.0.0.1:6379/11")
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-# Fast leases and reconciles so fault tests finish in seconds, not minutes.
-FAST_TIMINGS = {
-    "LORAQ_HEARTBEAT_SECONDS": "1",
-    "LORAQ_LEASE_SECONDS": "6",
-    "LORAQ_RECONCILE_SECONDS": "2",
-}
 
 
 @pytest.fixture(scope="session")
@@ -57,16 +46,21 @@ def postgres_database() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def empty_postgres_database() -> Iterator[str]:
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database for one test, on SQLite and then on Postgres, as a SQLAlchemy URL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
     with fresh_postgres_database("unit") as url:
-        yield url
+        yield url.replace("postgresql://", "postgresql+psycopg://")
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    return REDIS_URL
+def redis_url() -> Iterator[str]:
+    """The Postgres deployment's broker: a redis-server of the suite's own, so nothing shared is flushed."""
+    with private_redis() as server:
+        yield server.url
 
 
 def _start_stack(name: str, home: Path, demo_model: Path, env: dict[str, str]) -> Stack:
@@ -91,29 +85,3 @@ def stack(
     stack = _start_stack(request.param, tmp_path_factory.mktemp(request.param), demo_model, env)
     yield stack
     stack.stop()
-
-
-def chat_dataset(n: int = 24) -> bytes:
-    """A small chat dataset whose answers follow a pattern a tiny model can pick up fast."""
-    lines = []
-    for i in range(n):
-        lines.append(
-            {
-                "messages": [
-                    {"role": "system", "content": "You answer with the color."},
-                    {"role": "user", "content": f"What color is item {i}?"},
-                    {"role": "assistant", "content": "blue blue blue"},
-                ]
-            }
-        )
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
-
-
-def upload(client: Any, content: bytes, filename: str = "train.jsonl") -> dict[str, Any]:
-    response = client.post("/v1/files", files={"file": (filename, content)}, data={"purpose": "fine-tune"})
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-FAST_HYPERPARAMETERS = {"n_epochs": 2, "batch_size": 4, "learning_rate": 5e-3, "max_seq_len": 64}

@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.helpers import FINISHED
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -106,7 +108,9 @@ class Stack:
     def all_worker_logs(self) -> str:
         return "\n".join(self.logs(f"worker-{i}.log") for i in range(len(self.workers)))
 
-    def wait_for_job(self, job_id: str, statuses: set[str], *, timeout: float = 240) -> dict[str, Any]:
+    def wait_for_job(
+        self, job_id: str, statuses: Collection[str] = FINISHED, *, timeout: float = 240
+    ) -> dict[str, Any]:
         with self.client() as client:
 
             def reached() -> dict[str, Any] | None:
@@ -114,6 +118,14 @@ class Stack:
                 return job if job["status"] in statuses else None
 
             try:
-                return wait_for(reached, timeout=timeout, interval=0.5, what=f"job {job_id} in {statuses}")
+                return wait_for(
+                    reached, timeout=timeout, interval=0.5, what=f"job {job_id} in {sorted(statuses)}"
+                )
             except TimeoutError as error:
                 raise AssertionError(f"{error}\n--- worker logs ---\n{self.all_worker_logs()}") from error
+
+    def wait_for_success(self, job_id: str, *, timeout: float = 240) -> dict[str, Any]:
+        """The job once finished, which must be a success."""
+        job = self.wait_for_job(job_id, timeout=timeout)
+        assert job["status"] == "succeeded", (job["error"], self.all_worker_logs())
+        return job

@@ -1,4 +1,4 @@
-"""Tests for loraq.datasets: the three formats, the malformed corpus, chunking and limits."""
+"""Tests for loraq.files.validation: the three formats, the malformed corpus, chunking and limits."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from loraq.datasets import (
+from loraq.files.validation import (
     DatasetError,
     DatasetLimits,
     DatasetSummary,
     DatasetValidator,
     detect_format,
     iter_examples,
-    validate_file,
 )
+from tests.helpers import validate
 
 MALFORMED = Path(__file__).parent / "data" / "malformed"
 EXPECTED: dict[str, dict[str, Any]] = json.loads((MALFORMED / "EXPECTED.json").read_text())
@@ -61,20 +61,12 @@ PROMPT_COMPLETION: list[Example] = [
 TEXT: list[Example] = [{"text": "plain text"}, {"text": "日本語も大丈夫"}, {"text": "line\u2028separator"}]
 
 
-def write_jsonl(path: Path, examples: list[Example], *, end: str = "\n") -> bytes:
+def write_with_blank_line(path: Path, examples: list[Example], *, end: str = "\n") -> bytes:
     """Write examples one a line, with a blank line in the middle; return the bytes written."""
     lines = [json.dumps(example, ensure_ascii=False) for example in examples]
     data = "\n".join([lines[0], "", *lines[1:]]).encode() + end.encode()
     path.write_bytes(data)
     return data
-
-
-def feed_all(data: bytes, chunk_size: int, limits: DatasetLimits | None = None) -> DatasetSummary:
-    """Validate data fed in chunks of chunk_size bytes."""
-    validator = DatasetValidator(limits or DatasetLimits())
-    for start in range(0, len(data), chunk_size):
-        validator.feed(data[start : start + chunk_size])
-    return validator.finish()
 
 
 @pytest.mark.parametrize(
@@ -90,9 +82,9 @@ def test_valid_files_pass_and_are_summarized(
     tmp_path: Path, format_name: str, examples: list[Example], end: str
 ) -> None:
     path = tmp_path / "train.jsonl"
-    data = write_jsonl(path, examples, end=end)
+    data = write_with_blank_line(path, examples, end=end)
 
-    summary = validate_file(path)
+    summary = validate(path.read_bytes())
 
     assert summary == DatasetSummary(format_name, len(examples), len(data), hashlib.sha256(data).hexdigest())
     assert list(iter_examples(path)) == examples
@@ -100,7 +92,7 @@ def test_valid_files_pass_and_are_summarized(
 
 def test_crlf_line_endings_are_accepted() -> None:
     data = b'{"text": "a"}\r\n\r\n{"text": "b"}\r\n'
-    assert feed_all(data, len(data)).examples == 2
+    assert validate(data).examples == 2
 
 
 def test_detect_format() -> None:
@@ -122,7 +114,7 @@ def test_malformed_file_is_rejected_with_its_line_and_rule(name: str) -> None:
     expected = EXPECTED[name]
 
     with pytest.raises(DatasetError) as caught:
-        validate_file(MALFORMED / name)
+        validate((MALFORMED / name).read_bytes())
 
     err = caught.value
     assert err.line == expected["line"]
@@ -133,24 +125,24 @@ def test_malformed_file_is_rejected_with_its_line_and_rule(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_malformed_file_fed_byte_by_byte_fails_the_same_way(name: str) -> None:
     with pytest.raises(DatasetError) as whole:
-        validate_file(MALFORMED / name)
+        validate((MALFORMED / name).read_bytes())
     with pytest.raises(DatasetError) as bytewise:
-        feed_all((MALFORMED / name).read_bytes(), 1)
+        validate((MALFORMED / name).read_bytes(), chunk_size=1)
     assert str(bytewise.value) == str(whole.value)
 
 
 def test_error_names_the_field_path() -> None:
     with pytest.raises(DatasetError) as caught:
-        validate_file(MALFORMED / "unknown_role.jsonl")
+        validate((MALFORMED / "unknown_role.jsonl").read_bytes())
     assert caught.value.param == "messages[1].role"
     assert str(caught.value) == "line 1: messages[1].role must be one of system, user, assistant, tool"
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 64, 1 << 16])
 def test_chunking_does_not_change_the_summary(tmp_path: Path, chunk_size: int) -> None:
-    data = write_jsonl(tmp_path / "train.jsonl", CHAT * 3, end="")
+    data = write_with_blank_line(tmp_path / "train.jsonl", CHAT * 3, end="")
 
-    assert feed_all(data, chunk_size) == feed_all(data, len(data))
+    assert validate(data, chunk_size=chunk_size) == validate(data)
 
 
 def test_multibyte_character_split_across_chunks() -> None:
@@ -174,31 +166,31 @@ def test_line_longer_than_the_limit_fails_before_its_end_arrives() -> None:
 
 def test_line_at_the_limit_passes_and_one_byte_more_fails() -> None:
     line = b'{"text": "abc"}'
-    assert feed_all(line + b"\n", 1, DatasetLimits(max_line_bytes=len(line))).examples == 1
+    assert validate(line + b"\n", chunk_size=1, limits=DatasetLimits(max_line_bytes=len(line))).examples == 1
     with pytest.raises(DatasetError, match=f"line 1: longer than {len(line) - 1} bytes"):
-        feed_all(line + b"\n", 1 << 16, DatasetLimits(max_line_bytes=len(line) - 1))
+        validate(line + b"\n", limits=DatasetLimits(max_line_bytes=len(line) - 1))
 
 
 def test_max_bytes_is_enforced() -> None:
     data = b'{"text": "a"}\n' * 10
-    assert feed_all(data, 16, DatasetLimits(max_bytes=len(data))).bytes == len(data)
+    assert validate(data, chunk_size=16, limits=DatasetLimits(max_bytes=len(data))).bytes == len(data)
     with pytest.raises(DatasetError) as caught:
-        feed_all(data, 16, DatasetLimits(max_bytes=len(data) - 1))
+        validate(data, chunk_size=16, limits=DatasetLimits(max_bytes=len(data) - 1))
     assert str(caught.value) == f"file is larger than {len(data) - 1} bytes"
     assert caught.value.line is None and caught.value.param == "max_bytes"
 
 
 def test_max_examples_is_enforced() -> None:
     data = b'{"text": "a"}\n\n' * 3
-    assert feed_all(data, 1 << 16, DatasetLimits(max_examples=3)).examples == 3
+    assert validate(data, limits=DatasetLimits(max_examples=3)).examples == 3
     with pytest.raises(DatasetError, match="line 5: more than 2 examples"):
-        feed_all(data, 1 << 16, DatasetLimits(max_examples=2))
+        validate(data, limits=DatasetLimits(max_examples=2))
 
 
 def test_deeply_nested_json_is_an_error_not_a_crash() -> None:
     data = b'{"text": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n"
     with pytest.raises(DatasetError, match="line 1: not valid JSON"):
-        feed_all(data, 1 << 16)
+        validate(data)
 
 
 def test_validator_stays_failed_after_an_error() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,7 @@ pytest.importorskip("torch")  # the comparisons run the real tokenizer, model an
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from loraq.chat_template import CHATML_TEMPLATE
-from loraq.estimate import (
+from loraq.jobs.estimate import (
     Architecture,
     base_weight_bytes,
     chat_template,
@@ -25,10 +23,11 @@ from loraq.estimate import (
     four_bit_bytes_per_weight,
     lora_parameter_count,
 )
-from loraq.spec import AdapterSpec, JobCreate, Quantization, resolve_hyperparameters
+from loraq.jobs.spec import AdapterSpec, JobCreate, Quantization
+from loraq.tokens.chat_template import CHATML_TEMPLATE
+from tests.helpers import RecordingReporter, job_create, method, read_manifest, training_request, write_jsonl
 from worker.training import train_adapter
 from worker.training.data import load_dataset, load_tokenizer
-from worker.training.run import TrainingRequest
 
 COUNTRIES = [
     ("France", "Paris"),
@@ -86,21 +85,8 @@ LLAMA_7B = {
 }
 
 
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
-
-
 def job(adapter: dict[str, Any] | None = None, **hyperparameters: Any) -> JobCreate:
-    return JobCreate.model_validate(
-        {
-            "model": "loraq-tiny-demo",
-            "training_file": "file-1",
-            "seed": 7,
-            "adapter": adapter or {"type": "lora"},
-            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        }
-    )
+    return job_create(seed=7, adapter=adapter or {"type": "lora"}, method=method(**hyperparameters))
 
 
 @pytest.mark.parametrize("dataset_format", ["chat", "prompt_completion", "text"])
@@ -126,8 +112,6 @@ def test_the_estimate_counts_tokens_as_training_does(
 
 
 def test_the_estimated_steps_are_the_steps_training_takes(demo_model: Path, tmp_path: Path) -> None:
-    records = RECORDS["chat"] * 3
-    path = write_jsonl(tmp_path / "train.jsonl", records)
     request = job(
         max_seq_len=96,
         batch_size=2,
@@ -136,26 +120,22 @@ def test_the_estimated_steps_are_the_steps_training_takes(demo_model: Path, tmp_
         packing=True,
         validation_split=0.2,
     )
-    estimate = estimate_job(request=request, train_path=path, dataset_format="chat", model_dir=demo_model)
-    hp = request.requested_hyperparameters
-    outcome = train_adapter(
-        TrainingRequest(
-            base_model_path=demo_model,
-            base_model_name="loraq-tiny-demo",
-            train_path=path,
-            dataset_format="chat",
-            validation_path=None,
-            output_dir=tmp_path / "run",
-            hyperparameters=resolve_hyperparameters(hp, n_examples=len(records)),
-            adapter=request.adapter,
-            seed=7,
-        ),
-        _SilentReporter(),
+    training = training_request(
+        tmp_path,
+        demo_model,
+        RECORDS["chat"] * 3,
+        "chat",
+        hyperparameters=request.requested_hyperparameters,
+        adapter=request.adapter,
     )
-    manifest = json.loads((outcome.bundle_dir / "manifest.json").read_text())
+    estimate = estimate_job(
+        request=request, train_path=training.train_path, dataset_format="chat", model_dir=demo_model
+    )
+    outcome = train_adapter(training, RecordingReporter())
+    manifest = read_manifest(outcome.bundle_dir)
     assert (estimate["train_examples"], estimate["validation_examples"]) == (14, 4)
     assert estimate["sequences"] == manifest["dataset"]["sequences"] < estimate["train_examples"]
-    assert estimate["total_steps"] == outcome.steps
+    assert estimate["total_steps"] == manifest["steps"]
     assert estimate["trained_tokens"] == outcome.trained_tokens
 
 
@@ -253,17 +233,3 @@ def test_the_chat_template_falls_back_to_chatml(tmp_path: Path, demo_model: Path
         chat_template(tmp_path, {"chat_template": [{"name": "default", "template": "{{ 1 }}"}]}) == "{{ 1 }}"
     )
     assert chat_template(demo_model, {}) == (demo_model / "chat_template.jinja").read_text()
-
-
-class _SilentReporter:
-    def on_progress(self, progress: dict[str, Any]) -> None:
-        pass
-
-    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        pass
-
-    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
-        pass
-
-    def should_stop(self) -> bool:
-        return False

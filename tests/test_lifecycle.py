@@ -4,64 +4,33 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from loraq import lifecycle
-from loraq.db import make_engine
-from loraq.lifecycle import JobStatus
-from loraq.migrate import upgrade_to_head
-from loraq.models import Job, Project
+from loraq.jobs import runs
+from loraq.jobs.states import Lease
+from loraq.jobs.tables import Job
+from loraq.projects.tables import Project
+from tests.helpers import migrated_engine, new_job
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'lifecycle.db'}"
-    else:
-        url = request.getfixturevalue("empty_postgres_database").replace(
-            "postgresql://", "postgresql+psycopg://"
-        )
-    upgrade_to_head(url)
-    engine = make_engine(url)
+@pytest.fixture
+def session(database_url: str) -> Iterator[Session]:
+    engine = migrated_engine(database_url)
     with sessionmaker(bind=engine)() as session:
         yield session
         session.rollback()
     engine.dispose()
 
 
-def new_job(session: Session, project_name: str = "lifecycle-test") -> str:
-    """A queued job row, in a project of that name (made on first use)."""
-    project = session.scalars(select(Project).where(Project.name == project_name)).first()
-    if project is None:
-        project = Project(name=project_name)
-        session.add(project)
-        session.flush()
-    job = Job(
-        project_id=project.id,
-        model="m",
-        training_file="file-x",
-        seed=1,
-        method={},
-        hyperparameters={},
-        adapter={},
-        status=JobStatus.QUEUED.value,
-        result_files=[],
-    )
-    session.add(job)
-    session.flush()
-    return job.id
-
-
 def status(session: Session, job_id: str) -> str:
     return str(session.scalar(select(Job.status).where(Job.id == job_id)))
 
 
-def claim(session: Session, job_id: str, owner: str, max_attempts: int = 3) -> lifecycle.Lease | None:
-    return lifecycle.claim(session, job_id, owner=owner, lease_seconds=30, max_attempts=max_attempts)
+def claim(session: Session, job_id: str, owner: str, max_attempts: int = 3) -> Lease | None:
+    return runs.claim(session, job_id, owner=owner, lease_seconds=30, max_attempts=max_attempts)
 
 
 def expire_lease(session: Session, job_id: str) -> None:
@@ -82,9 +51,9 @@ def test_expired_lease_is_claimed_again_and_the_old_owner_loses(session: Session
     expire_lease(session, job_id)
     new = claim(session, job_id, "b")
     assert new is not None
-    assert not lifecycle.renew(session, old, lease_seconds=30)
-    assert not lifecycle.succeed(session, old, result_files=["x"], fine_tuned_model="m", trained_tokens=1)
-    assert lifecycle.succeed(session, new, result_files=["x"], fine_tuned_model="m", trained_tokens=1)
+    assert not runs.renew(session, old, lease_seconds=30)
+    assert not runs.succeed(session, old, result_files=["x"], fine_tuned_model="m", trained_tokens=1)
+    assert runs.succeed(session, new, result_files=["x"], fine_tuned_model="m", trained_tokens=1)
     assert status(session, job_id) == "succeeded"
 
 
@@ -92,12 +61,12 @@ def test_cancel_takes_the_lease_away(session: Session) -> None:
     job_id = new_job(session)
     lease = claim(session, job_id, "a")
     assert lease is not None
-    assert lifecycle.cancel(session, job_id)
-    assert not lifecycle.holds(session, lease)
-    assert not lifecycle.renew(session, lease, lease_seconds=30)
-    assert not lifecycle.succeed(session, lease, result_files=[], fine_tuned_model="m", trained_tokens=0)
+    assert runs.cancel(session, job_id)
+    assert not runs.holds(session, lease)
+    assert not runs.renew(session, lease, lease_seconds=30)
+    assert not runs.succeed(session, lease, result_files=[], fine_tuned_model="m", trained_tokens=0)
     assert status(session, job_id) == "cancelled"
-    assert not lifecycle.cancel(session, job_id), "terminal states are final"
+    assert not runs.cancel(session, job_id), "terminal states are final"
 
 
 def test_a_job_that_keeps_killing_its_worker_fails(session: Session) -> None:
@@ -115,7 +84,7 @@ def test_finished_jobs_are_never_claimed(session: Session) -> None:
     job_id = new_job(session)
     lease = claim(session, job_id, "a")
     assert lease is not None
-    assert lifecycle.fail(session, job_id, "boom", code="training_error", lease=lease)
+    assert runs.fail(session, job_id, "boom", code="training_error", lease=lease)
     assert claim(session, job_id, "b") is None
     assert status(session, job_id) == "failed"
 
@@ -126,7 +95,7 @@ def test_a_checkpoint_resets_the_crash_budget(session: Session) -> None:
     for owner in ("a", "b", "c", "d"):
         lease = claim(session, job_id, owner, max_attempts=2)
         assert lease is not None, owner
-        lifecycle.add_checkpoint(session, lease, step=1, metrics={}, storage_key="checkpoints/blob_x")
+        runs.add_checkpoint(session, lease, step=1, metrics={}, storage_key="checkpoints/blob_x")
         expire_lease(session, job_id)
     assert status(session, job_id) == "running"
 

@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from alembic import command
 
-from loraq.migrate import alembic_config
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'migrations.db'}"
-    url: str = request.getfixturevalue("empty_postgres_database")
-    return url.replace("postgresql://", "postgresql+psycopg://")
+from loraq.core.migrate import alembic_config
 
 
 def test_head_matches_models_and_round_trips(database_url: str) -> None:

@@ -14,21 +14,13 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import sessionmaker
 
-from loraq import lifecycle
-from loraq.db import make_engine
-from loraq.lifecycle import TERMINAL, JobStatus, Lease
-from loraq.migrate import upgrade_to_head
-from loraq.models import Job
-from tests.test_lifecycle import new_job
+from loraq.jobs import runs
+from loraq.jobs.states import TERMINAL, JobStatus, Lease
+from loraq.jobs.tables import Job
+from tests.helpers import migrated_engine, new_job
 
 WORKERS = ["w1", "w2", "w3"]
 MAX_ATTEMPTS = 4
-
-
-def make_database(path: Path) -> Engine:
-    url = f"sqlite:///{path}"
-    upgrade_to_head(url)
-    return make_engine(url)
 
 
 class JobLifecycle(RuleBasedStateMachine):
@@ -49,7 +41,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def claim(self, worker: str) -> None:
         lease = self._run(
-            lambda s: lifecycle.claim(
+            lambda s: runs.claim(
                 s,
                 self.job_id,
                 owner=f"{worker}-{time.monotonic_ns()}",
@@ -65,7 +57,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def heartbeat(self, worker: str) -> None:
         if worker in self.leases:
-            self._run(lambda s: lifecycle.renew(s, self.leases[worker], lease_seconds=3600))
+            self._run(lambda s: runs.renew(s, self.leases[worker], lease_seconds=3600))
 
     @rule()
     def time_passes_and_leases_expire(self) -> None:
@@ -81,20 +73,20 @@ class JobLifecycle(RuleBasedStateMachine):
     def checkpoint(self, worker: str) -> None:
         if worker in self.leases:
             self._run(
-                lambda s: lifecycle.add_checkpoint(
+                lambda s: runs.add_checkpoint(
                     s, self.leases[worker], step=1, metrics={}, storage_key="checkpoints/blob_x"
                 )
             )
 
     @rule()
     def cancel(self) -> None:
-        if self._run(lambda s: lifecycle.cancel(s, self.job_id)):
+        if self._run(lambda s: runs.cancel(s, self.job_id)):
             self.terminal_wins.append(JobStatus.CANCELLED)
 
     @rule(worker=st.sampled_from(WORKERS))
     def succeed(self, worker: str) -> None:
         if worker in self.leases and self._run(
-            lambda s: lifecycle.succeed(
+            lambda s: runs.succeed(
                 s, self.leases[worker], result_files=["file-r"], fine_tuned_model="ft", trained_tokens=1
             )
         ):
@@ -103,7 +95,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def fail(self, worker: str) -> None:
         if worker in self.leases and self._run(
-            lambda s: lifecycle.fail(s, self.job_id, "boom", code="training_error", lease=self.leases[worker])
+            lambda s: runs.fail(s, self.job_id, "boom", code="training_error", lease=self.leases[worker])
         ):
             self.terminal_wins.append(JobStatus.FAILED)
 
@@ -113,9 +105,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @invariant()
     def at_most_one_live_lease(self) -> None:
         holders = [
-            w
-            for w, lease in self.leases.items()
-            if self._run(lambda s, lease=lease: lifecycle.holds(s, lease))
+            w for w, lease in self.leases.items() if self._run(lambda s, lease=lease: runs.holds(s, lease))
         ]
         assert len(holders) <= 1, holders
 
@@ -136,8 +126,7 @@ class JobLifecycle(RuleBasedStateMachine):
 
 
 def test_job_state_machine(tmp_path: Path) -> None:
-    JobLifecycle.engine = make_database(tmp_path / "props.db")
-    run = JobLifecycle.TestCase()
-    run.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
-    run.runTest()
+    JobLifecycle.engine = migrated_engine(f"sqlite:///{tmp_path / 'props.db'}")
+    JobLifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+    JobLifecycle.TestCase().runTest()
     JobLifecycle.engine.dispose()

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
-from loraq.storage import ArtifactStore, LocalStore, new_storage_key, store_from_url
+from loraq.storage.stores import ArtifactStore, LocalStore, new_storage_key, store_from_url
+
+# What reading a key that holds nothing raises, on disk and on S3.
+MISSING = (FileNotFoundError, ClientError)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -27,13 +31,18 @@ def test_round_trip(store: ArtifactStore, tmp_path: Path) -> None:
     source = tmp_path / "source.bin"
     source.write_bytes(b"x" * 3_000_000)
     key = new_storage_key("results", ".tar.gz")
+    with pytest.raises(MISSING):
+        store.download(key, tmp_path / "early.bin")
     store.put_file(key, source)
-    assert store.exists(key)
     assert b"".join(store.iter_bytes(key)) == source.read_bytes()
     store.download(key, tmp_path / "copy.bin")
     assert (tmp_path / "copy.bin").read_bytes() == source.read_bytes()
     store.delete(key)
-    assert not store.exists(key)
+    with pytest.raises(MISSING):
+        b"".join(store.iter_bytes(key))
+    with pytest.raises(MISSING):
+        store.download(key, tmp_path / "late.bin")
+    store.delete(key)  # deleting what is gone is not an error: a retried cleanup may do it twice
 
 
 @pytest.mark.parametrize("key", ["../etc/passwd", "datasets/../../x", "/abs/path", "datasets/a/b", "x", ""])

@@ -20,72 +20,25 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from loraq.spec import (
-    AdapterSpec,
-    Hyperparameters,
-    JobCreate,
-    Quantization,
-    ResolvedHyperparameters,
-    held_out_indices,
-    resolve_hyperparameters,
+from loraq.jobs.spec import AdapterSpec, Hyperparameters, Quantization, held_out_indices
+from loraq.storage.archives import pack_dir
+from tests.helpers import (
+    BUNDLE_FILES,
+    RecordingReporter,
+    job_create,
+    method,
+    read_manifest,
+    training_request,
+    write_jsonl,
 )
-from worker.demo_model import ensure_demo_model
 from worker.training import TrainingOutcome, TrainingRequest, TrainingStopped, train_adapter
 from worker.training import trainer as trainer_module
 from worker.training.data import as_sequences, data_collator, load_dataset, load_tokenizer
-from worker.training.export import pack_bundle
 from worker.training.model import load_model, pick_device
 from worker.training.run import tokenized_datasets
 from worker.training.trainer import TokenAccuracy
 
-BUNDLE_FILES = {
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "training_args.json",
-    "metrics.jsonl",
-    "manifest.json",
-    "README.md",
-}
 CAPITALS = [("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo")] * 4
-
-
-class RecordingReporter:
-    """Keeps everything training reports; says stop once should_stop has been asked `stop_after` times."""
-
-    def __init__(self, stop_after: int | None = None) -> None:
-        self.progress: list[dict[str, Any]] = []
-        self.metrics: list[tuple[int, dict[str, Any]]] = []
-        self.checkpoints: list[tuple[int, Path, dict[str, Any]]] = []
-        self.stop_checks = 0
-        self.stop_after = stop_after
-
-    def on_progress(self, progress: dict[str, Any]) -> None:
-        self.progress.append(progress)
-
-    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        self.metrics.append((step, metrics))
-
-    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
-        self.checkpoints.append((step, path, metrics))
-
-    def should_stop(self) -> bool:
-        self.stop_checks += 1
-        return self.stop_after is not None and self.stop_checks >= self.stop_after
-
-    def train_losses(self) -> list[float]:
-        return [metrics["train_loss"] for _, metrics in self.metrics if "train_loss" in metrics]
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_demo_model(tmp_path_factory.mktemp("models"))
-
-
-def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
-    return path
 
 
 def chat_records() -> list[dict[str, Any]]:
@@ -112,19 +65,16 @@ def make_request(
     merged: bool = False,
     **hyperparameters: Any,
 ) -> TrainingRequest:
+    """A short run: 3 epochs of batches of 4 at a high learning rate, unless hyperparameters say otherwise."""
     settings = {"n_epochs": 3, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 64} | hyperparameters
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    return TrainingRequest(
-        base_model_path=demo_model,
-        base_model_name="loraq-tiny-demo",
-        train_path=write_jsonl(tmp_path / "train.jsonl", records),
-        dataset_format=dataset_format,
-        validation_path=write_jsonl(tmp_path / "validation.jsonl", validation) if validation else None,
-        output_dir=tmp_path / "run",
-        hyperparameters=resolve_hyperparameters(Hyperparameters(**settings), n_examples=len(records)),
+    return training_request(
+        tmp_path,
+        demo_model,
+        records,
+        dataset_format,
+        hyperparameters=Hyperparameters(**settings),
         adapter=adapter,
-        seed=7,
-        resume_from=None,
+        validation=validation,
         merged=merged,
     )
 
@@ -155,9 +105,9 @@ def qlora_run(demo_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Qlo
 def test_qlora_training_lowers_the_loss_on_a_4bit_base(qlora_run: QloraRun) -> None:
     outcome, reporter = qlora_run
     losses = reporter.train_losses()
-    assert outcome.steps == 12 and len(losses) == 12
+    manifest = read_manifest(outcome.bundle_dir)
+    assert manifest["steps"] == 12 and len(losses) == 12
     assert losses[-1] < losses[0] * 0.7
-    manifest = read_json(outcome.bundle_dir / "manifest.json")
     quantized = manifest["quantized_base"]
     assert quantized["linear_layer_types"]["Linear4bit"] == quantized["quantized_linear_layers"] == 14
     assert (quantized["bits"], quantized["quant_type"], quantized["double_quant"]) == (4, "nf4", True)
@@ -173,7 +123,7 @@ def test_qlora_bundle_loads_with_peft_and_changes_the_base(qlora_run: QloraRun, 
     assert read_json(bundle / "adapter_config.json")["base_model_name_or_path"] == "loraq-tiny-demo"
     assert read_json(bundle / "training_args.json")["adapter"]["type"] == "qlora"
     metrics_lines = (bundle / "metrics.jsonl").read_text().splitlines()
-    assert sum("loss" in json.loads(line) for line in metrics_lines) == outcome.steps
+    assert sum("loss" in json.loads(line) for line in metrics_lines) == read_manifest(bundle)["steps"]
     input_ids = torch.tensor([load_tokenizer(demo_model, "chat")("The capital of Italy is")["input_ids"]])
     base = AutoModelForCausalLM.from_pretrained(demo_model, dtype=torch.float32)
     before = logits(base, input_ids)
@@ -181,9 +131,9 @@ def test_qlora_bundle_loads_with_peft_and_changes_the_base(qlora_run: QloraRun, 
     assert not torch.allclose(before, logits(adapted, input_ids), atol=1e-4)
 
 
-def test_pack_bundle_is_reproducible_with_files_at_the_root(qlora_run: QloraRun, tmp_path: Path) -> None:
+def test_pack_dir_is_reproducible_with_files_at_the_root(qlora_run: QloraRun, tmp_path: Path) -> None:
     bundle = qlora_run[0].bundle_dir
-    first, second = (pack_bundle(bundle, tmp_path / name) for name in ("a.tar.gz", "b.tar.gz"))
+    first, second = (pack_dir(bundle, tmp_path / name) for name in ("a.tar.gz", "b.tar.gz"))
     assert first.read_bytes() == second.read_bytes()
     with tarfile.open(first) as tar:
         names = tar.getnames()
@@ -211,9 +161,9 @@ def test_lora_on_prompt_completion_evaluates_checkpoints_and_resumes_exactly(
     losses = reporter.train_losses()
     assert losses[-1] < losses[0]
     assert [step for step, _, _ in reporter.checkpoints] == [6, 12]
-    assert outcome.metrics["eval_loss"] < reporter.checkpoints[0][2]["valid_loss"]
-    assert reporter.progress[-1]["eval_loss"] == outcome.metrics["eval_loss"]
-    manifest = read_json(outcome.bundle_dir / "manifest.json")
+    manifest = read_manifest(outcome.bundle_dir)
+    assert manifest["metrics"]["eval_loss"] < reporter.checkpoints[0][2]["valid_loss"]
+    assert reporter.progress[-1]["valid_loss"] == manifest["metrics"]["eval_loss"]
     assert manifest["quantized_base"]["quantized_linear_layers"] == 0
     assert manifest["dataset"]["validation_sha256"] is not None
 
@@ -226,7 +176,7 @@ def test_lora_on_prompt_completion_evaluates_checkpoints_and_resumes_exactly(
     assert step == 6
     interrupted.resume_from = checkpoint
     resumed = train_adapter(interrupted, RecordingReporter())
-    assert resumed.steps == outcome.steps
+    assert read_manifest(resumed.bundle_dir)["steps"] == manifest["steps"]
     expected, actual = adapter_weights(outcome), adapter_weights(resumed)
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
@@ -264,7 +214,7 @@ def test_qlora_8bit_on_plain_text_with_a_cosine_warmup(demo_model: Path, tmp_pat
     assert reporter.train_losses()[-1] < reporter.train_losses()[0]
     learning_rates = [logged["learning_rate"] for _, logged in reporter.metrics if "learning_rate" in logged]
     assert learning_rates[0] < learning_rates[2] and learning_rates[-1] < learning_rates[2]
-    quantized = read_json(outcome.bundle_dir / "manifest.json")["quantized_base"]
+    quantized = read_manifest(outcome.bundle_dir)["quantized_base"]
     assert quantized["linear_layer_types"]["Linear8bitLt"] == quantized["quantized_linear_layers"] == 14
     assert quantized["bits"] == 8
 
@@ -352,10 +302,11 @@ def test_packing_trains_on_fewer_sequences_and_counts_every_token(demo_model: Pa
     )
     reporter = RecordingReporter()
     outcome = train_adapter(request, reporter)
-    dataset = read_json(outcome.bundle_dir / "manifest.json")["dataset"]
+    manifest = read_manifest(outcome.bundle_dir)
+    dataset = manifest["dataset"]
     assert dataset["kept"] == 16 and dataset["sequences"] < 8
     assert dataset["packing"]["fill_ratio"] > 0.6
-    assert outcome.steps == 3 * math.ceil(dataset["sequences"] / 4) < 12
+    assert manifest["steps"] == 3 * math.ceil(dataset["sequences"] / 4) < 12
     assert outcome.trained_tokens == 3 * dataset["tokens"]  # padding is not counted, packed tokens are
     assert reporter.train_losses()[-1] < reporter.train_losses()[0]
     assert "Packed into" in (outcome.bundle_dir / "README.md").read_text()
@@ -405,16 +356,16 @@ def test_early_stopping_keeps_the_best_adapter(demo_model: Path, tmp_path: Path)
         early_stopping_patience=1,
     )
     reporter = RecordingReporter()
-    outcome = train_adapter(request, reporter)
-    assert outcome.steps < 20  # 5 epochs of 4 steps, had it not stopped
+    manifest = read_manifest(train_adapter(request, reporter).bundle_dir)
     valid_losses = [metrics["valid_loss"] for _, metrics in reporter.metrics if "valid_loss" in metrics]
     assert valid_losses[-2] > min(valid_losses[:-1])  # the last evaluation before the final one got worse
-    manifest = read_json(outcome.bundle_dir / "manifest.json")
+    # Stopped before 5 epochs of 4 steps.
     assert manifest["best_eval_step"] < manifest["steps"] < manifest["total_steps"] == 20
     # The exported adapter is the best checkpoint's, evaluated once more.
-    assert outcome.metrics["eval_loss"] == pytest.approx(min(valid_losses), abs=1e-5)
-    assert 0 <= outcome.metrics["eval_mean_token_accuracy"] <= 1
-    assert 0 <= outcome.metrics["train_mean_token_accuracy"] <= 1
+    metrics = manifest["metrics"]
+    assert metrics["eval_loss"] == pytest.approx(min(valid_losses), abs=1e-5)
+    assert 0 <= metrics["eval_mean_token_accuracy"] <= 1
+    assert 0 <= metrics["train_mean_token_accuracy"] <= 1
     assert all("valid_mean_token_accuracy" in metrics for _, _, metrics in reporter.checkpoints)
 
 
@@ -453,8 +404,8 @@ def test_gradient_checkpointing_trains_the_same_adapter(demo_model: Path, tmp_pa
         return train_adapter(request, RecordingReporter())
 
     plain, checkpointed = train(False), train(True)
-    assert read_json(checkpointed.bundle_dir / "manifest.json")["gradient_checkpointing"] is True
-    assert read_json(plain.bundle_dir / "manifest.json")["gradient_checkpointing"] is False
+    assert read_manifest(checkpointed.bundle_dir)["gradient_checkpointing"] is True
+    assert read_manifest(plain.bundle_dir)["gradient_checkpointing"] is False
     expected, actual = adapter_weights(plain), adapter_weights(checkpointed)
     assert all(torch.allclose(expected[name], actual[name], atol=1e-6) for name in expected)
 
@@ -504,54 +455,45 @@ def test_progress_is_refreshed_between_logs_and_during_evaluation(
 # --- the spec's new rules -------------------------------------------------------------------------------
 
 
-def job(**body: Any) -> JobCreate:
-    return JobCreate.model_validate({"model": "loraq-tiny-demo", "training_file": "file-1", **body})
-
-
-def hyperparameters(**values: Any) -> dict[str, Any]:
-    return {"method": {"type": "supervised", "supervised": {"hyperparameters": values}}}
-
-
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"validation_file": "file-2", **hyperparameters(validation_split=0.1)}, "not both"),
-        (hyperparameters(early_stopping_patience=2), "needs a validation_file or a validation_split"),
-        (hyperparameters(eval_steps=5), "needs a validation_file or a validation_split"),
-        (hyperparameters(early_stopping_patience=2, eval_steps=3, save_steps=10), "multiple of eval_steps"),
-        (hyperparameters(early_stopping_patience=2, eval_steps=3), "multiple of eval_steps"),
-        (hyperparameters(validation_split=0.6), "less than or equal to 0.5"),
-        (hyperparameters(validation_split=0), "greater than 0"),
+        ({"validation_file": "file-2", "method": method(validation_split=0.1)}, "not both"),
+        ({"method": method(early_stopping_patience=2)}, "needs a validation_file or a validation_split"),
+        ({"method": method(eval_steps=5)}, "needs a validation_file or a validation_split"),
+        (
+            {
+                "validation_file": "file-2",
+                "method": method(early_stopping_patience=2, eval_steps=3, save_steps=10),
+            },
+            "multiple of eval_steps",
+        ),
+        (
+            {"validation_file": "file-2", "method": method(early_stopping_patience=2, eval_steps=3)},
+            "multiple of eval_steps",
+        ),
+        ({"method": method(validation_split=0.6)}, "less than or equal to 0.5"),
+        ({"method": method(validation_split=0)}, "greater than 0"),
         ({"export": {"merged": True, "format": "gguf"}}, "Extra inputs are not permitted"),
         ({"adapter": {"type": "qlora", "use_dora": True, "quantization": {"bits": 8}}}, "8-bit base"),
     ],
 )
 def test_the_spec_rejects_impossible_combinations(body: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        job(**body)
+        job_create(**body)
 
 
 def test_the_spec_resolves_the_new_fields() -> None:
-    request = job(
+    request = job_create(
         validation_file="file-2",
         export={"merged": True},
         adapter={"type": "lora", "use_dora": True},
-        **hyperparameters(early_stopping_patience=2, eval_steps=5, save_steps=10, packing=True),
+        method=method(early_stopping_patience=2, eval_steps=5, save_steps=10, packing=True),
     )
     assert request.export.merged and request.adapter.use_dora and not request.adapter.use_rslora
-    resolved = resolve_hyperparameters(request.requested_hyperparameters, n_examples=64)
+    resolved = request.requested_hyperparameters.resolve(n_examples=64)
     assert (resolved.eval_steps, resolved.packing, resolved.gradient_checkpointing) == (5, True, False)
     # "auto" sizes come from the examples left for training: 48 of 64 with a quarter held out.
-    split = resolve_hyperparameters(Hyperparameters(validation_split=0.25), n_examples=64)
-    assert split.batch_size == 48 // 32
-    # A job stored before these fields existed still validates, evaluating at its checkpoints.
-    stored = resolve_hyperparameters(Hyperparameters(save_steps=7), n_examples=64).model_dump(
-        exclude={
-            "packing",
-            "gradient_checkpointing",
-            "eval_steps",
-            "early_stopping_patience",
-            "validation_split",
-        }
-    )
-    assert ResolvedHyperparameters.model_validate(stored).eval_steps == 7
+    assert Hyperparameters(validation_split=0.25).resolve(n_examples=64).batch_size == 48 // 32
+    # Without eval_steps, evaluations come with the checkpoints.
+    assert Hyperparameters(save_steps=7).resolve(n_examples=64).eval_steps == 7

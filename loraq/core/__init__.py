@@ -1,0 +1,1 @@
+"""What every resource shares: settings, the database and its one commit point, errors, ids, the broker."""

@@ -1,0 +1,123 @@
+"""Engine and sessions: one engine per process, the one commit point, and after-commit hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from loraq.core.settings import get_settings
+
+# Named constraints so Alembic migrations are identical on SQLite and Postgres.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the API read while the worker writes; busy_timeout waits out the other's lock.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        event.listen(engine, "connect", _tune_sqlite)
+        return engine
+    # pre_ping drops connections that died with a database restart; short timeouts turn an
+    # outage into a quick error instead of a hung request.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=5,
+        max_overflow=5,
+        pool_timeout=5,
+        connect_args={"connect_timeout": 3},
+    )
+
+
+@lru_cache
+def get_engine() -> Engine:
+    settings = get_settings()
+    if not settings.database_url:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return make_engine(settings.resolved_database_url)
+
+
+@lru_cache
+def get_sessionmaker() -> sessionmaker[Session]:
+    return sessionmaker(bind=get_engine(), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A unit of work outside a request (worker, startup): commit on success, roll back on error."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+_AFTER_COMMIT = "loraq_after_commit"
+_AFTER_ROLLBACK = "loraq_after_rollback"
+_LISTENING = "loraq_listening"
+
+
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once this session's transaction commits; forget it if it rolls back.
+
+    For work outside the database that must follow the commit: publishing a job, deleting a blob.
+    """
+    _queue(session)[0].append(callback)
+
+
+def after_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` if this session's transaction rolls back; forget it once it commits.
+
+    For undoing work outside the database that assumed the commit: a blob whose row never landed.
+    """
+    _queue(session)[1].append(callback)
+
+
+def _queue(session: Session) -> tuple[list[Callable[[], None]], list[Callable[[], None]]]:
+    if not session.info.get(_LISTENING):
+        # Listen for the session's whole life: each transaction's callbacks are popped when it ends.
+        session.info[_LISTENING] = True
+        event.listen(session, "after_commit", _run_after_commit)
+        event.listen(session, "after_rollback", _run_after_rollback)
+    return session.info.setdefault(_AFTER_COMMIT, []), session.info.setdefault(_AFTER_ROLLBACK, [])
+
+
+def _run_after_commit(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_COMMIT, [])
+    session.info.pop(_AFTER_ROLLBACK, None)
+    for callback in callbacks:
+        callback()
+
+
+def _run_after_rollback(session: Session) -> None:
+    callbacks = session.info.pop(_AFTER_ROLLBACK, [])
+    session.info.pop(_AFTER_COMMIT, None)
+    for callback in callbacks:
+        callback()

@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: their spec, state machine, events and checkpoints, and the estimate."""

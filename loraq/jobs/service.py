@@ -1,0 +1,161 @@
+"""Fine-tuning jobs as the API creates and cancels them."""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from loraq.base_models.catalog import BaseLLM, resolve_base_model
+from loraq.base_models.layers import linear_layer_names, unmatched_targets
+from loraq.core.broker import publish_after_commit
+from loraq.core.errors import Conflict, InvalidRequest, NotFound
+from loraq.core.settings import Settings
+from loraq.files import repository as files_repository
+from loraq.files.service import DATASET_PURPOSE
+from loraq.files.tables import File
+from loraq.jobs import estimate, repository, runs
+from loraq.jobs.events import add_event
+from loraq.jobs.spec import JobCreate, held_out_count
+from loraq.jobs.states import JobStatus
+from loraq.jobs.tables import Job
+from loraq.projects.service import check_can_queue, get_project
+from loraq.storage.stores import ArtifactStore
+from loraq.workers import service as workers_service
+
+
+def create_job(session: Session, *, project_id: str, request: JobCreate, settings: Settings) -> Job:
+    """Check the spec against the server's models and the project's files, store it, queue it."""
+    check_targets_exist(request, resolve_base_model(request.model, settings))
+    check_can_queue(session, project_id=project_id, settings=settings)
+    training = _dataset_file(session, project_id, request.training_file, param="training_file")
+    if request.validation_file is not None:
+        validation = _dataset_file(session, project_id, request.validation_file, param="validation_file")
+        if validation.format != training.format:
+            raise InvalidRequest(
+                f"validation_file is {validation.format} but training_file is {training.format}",
+                param="validation_file",
+            )
+    assert request.method is not None
+    requested = request.requested_hyperparameters
+    examples = training.examples or 0
+    if requested.validation_split is not None and held_out_count(examples, requested.validation_split) == 0:
+        raise InvalidRequest(
+            f"validation_split needs at least 2 training examples; {request.training_file} has {examples}",
+            param="method.supervised.hyperparameters.validation_split",
+        )
+    resolved = requested.resolve(n_examples=examples)
+    seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    job = Job(
+        project_id=project_id,
+        model=request.model,
+        training_file=training.id,
+        validation_file=request.validation_file,
+        suffix=request.suffix,
+        seed=seed,
+        metadata_=request.metadata,
+        method=request.method.model_dump(mode="json"),
+        hyperparameters=resolved.model_dump(mode="json"),
+        adapter=request.adapter.model_dump(mode="json"),
+        export=request.export.model_dump(mode="json"),
+        # The files were validated at upload, so the job is ready for a worker at once.
+        status=JobStatus.QUEUED.value,
+        result_files=[],
+    )
+    repository.add_job(session, job)
+    add_event(session, job.id, f"Created fine-tuning job: {job.id}")
+    add_event(session, job.id, "Validated training file: " + training.id)
+    add_event(session, job.id, "Fine-tuning job queued")
+    publish_after_commit(session, job.id)
+    return job
+
+
+def estimate_job(
+    session: Session, *, project_id: str, request: JobCreate, settings: Settings, store: ArtifactStore
+) -> dict[str, Any]:
+    """What a job would cost, without queueing it: tokens, sequences, steps and peak memory."""
+    base = resolve_base_model(request.model, settings)
+    check_targets_exist(request, base)
+    if base.path is None:
+        raise InvalidRequest(
+            "estimates need the base model on this server's disk, not a hub id", param="model"
+        )
+    training = _dataset_file(session, project_id, request.training_file, param="training_file")
+    validation = None
+    if request.validation_file is not None:
+        validation = _dataset_file(session, project_id, request.validation_file, param="validation_file")
+    device, auto_compute_dtype = _assumed_device(session, settings)
+    with tempfile.TemporaryDirectory(prefix="loraq-estimate-") as scratch:
+        train_path = Path(scratch) / "train.jsonl"
+        store.download(training.storage_key, train_path)
+        return estimate.estimate_job(
+            request=request,
+            train_path=train_path,
+            dataset_format=training.format or "chat",
+            model_dir=base.path,
+            device=device,
+            auto_compute_dtype=auto_compute_dtype,
+            validation_file_examples=validation.examples if validation else None,
+        )
+
+
+def _assumed_device(session: Session, settings: Settings) -> tuple[str, str]:
+    """What a job would train on: the live workers' device (the first one's, if they differ).
+
+    With no live worker, the estimate assumes a GPU with bfloat16, the production case, and says so.
+    """
+    workers = workers_service.live_workers(session, settings=settings)
+    if not workers:
+        return estimate.GPU_ASSUMED, "bfloat16"
+    return workers[0].device, workers[0].compute_dtype
+
+
+def cancel_job(session: Session, *, project_id: str, job_id: str) -> Job:
+    """Queued: cancelled now. Running: cancelled now, and its worker stops at the next step."""
+    job = repository.get_job(session, project_id=project_id, job_id=job_id)
+    if not runs.cancel(session, job.id):
+        raise Conflict(
+            f"job {job_id} is {job.status}; only an unfinished job can be cancelled",
+            param="fine_tuning_job_id",
+        )
+    session.refresh(job)
+    return job
+
+
+def check_targets_exist(request: JobCreate, base: BaseLLM) -> None:
+    """400 when a target names no linear layer of a local base (a hub model is checked by its worker)."""
+    targets = request.adapter.target_modules
+    if base.path is None or targets == "all-linear":
+        return
+    missing = unmatched_targets(targets, linear_layer_names(base.path))
+    if missing:
+        layers = sorted({name.rsplit(".", 1)[-1] for name in linear_layer_names(base.path)})
+        raise InvalidRequest(
+            f"adapter.target_modules: {', '.join(missing)} match no linear layer of {base.name}; "
+            f'its linear layers are {", ".join(layers)} (or use "all-linear")',
+            param="adapter.target_modules",
+        )
+
+
+def _dataset_file(session: Session, project_id: str, file_id: str, *, param: str) -> File:
+    try:
+        file = files_repository.get_file(session, project_id=project_id, file_id=file_id, param=param)
+    except NotFound as missing:
+        # The route exists; what is wrong is a field of the body, so this is a 400 naming it.
+        raise InvalidRequest(
+            f"{param}: no such file: {file_id}", param=param, code="file_not_found"
+        ) from missing
+    if file.purpose != DATASET_PURPOSE:
+        raise InvalidRequest(
+            f"{param} {file_id} is not a fine-tune dataset (purpose {file.purpose})", param=param
+        )
+    return file
+
+
+def fine_tuned_model_name(session: Session, job: Job) -> str:
+    """OpenAI's naming: ft:<base>:<project>:<suffix>:<job id>."""
+    project = get_project(session, job.project_id)
+    return f"ft:{job.model}:{project.name}:{job.suffix or ''}:{job.id}"

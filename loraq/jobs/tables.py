@@ -1,0 +1,80 @@
+"""Fine-tuning jobs, their events and their checkpoints.
+
+Each table has an integer `seq` (insertion order, the cursor for lists) and a public string id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from loraq.core.db import Base
+from loraq.core.ids import new_id, unix_seconds
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    # Lists are a project's rows newest first: one index serves the filter and the order.
+    __table_args__ = (Index("ix_jobs_project_id_seq", "project_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftjob-"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    model: Mapped[str] = mapped_column(String(255))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64), default=None)
+    suffix: Mapped[str | None] = mapped_column(String(64), default=None)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    metadata_: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, default=None)
+    method: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    adapter: Mapped[dict[str, Any]] = mapped_column(JSON)
+    export: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(255), default=None)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    # The lease: which worker runs the job and until when, unless it renews.
+    lease_owner: Mapped[str | None] = mapped_column(String(128), default=None)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    published_at: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftevent-"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)
+    level: Mapped[str] = mapped_column(String(16), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    type: Mapped[str] = mapped_column(String(16), default="message")
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftckpt-"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    storage_key: Mapped[str] = mapped_column(String(255))  # the full state to resume from
+    # The checkpoint's adapter as a downloadable bundle (a result file of the job's project).
+    result_file: Mapped[str | None] = mapped_column(String(64), default=None)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)
+
+    @property
+    def fine_tuned_model_checkpoint(self) -> str:
+        """OpenAI's name for a checkpoint's model."""
+        return f"{self.job_id}:ckpt-step-{self.step_number}"

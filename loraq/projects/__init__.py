@@ -1,0 +1,1 @@
+"""Projects (tenants): their API keys, their limits, and Idempotency-Key replays."""

@@ -1,0 +1,1 @@
+"""Tokenization without torch: one tokenization of a training example, packing and counts."""
