@@ -6,18 +6,21 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi_offline import FastAPIOffline
 
 from api.errors import install_error_handlers
-from api.limits import BodyLimitMiddleware
-from api.routes import files, health, jobs, models, projects
-from api.schemas import ErrorResponse
-from loraq.settings import get_settings
+from api.limits import AuthenticateFirst, BodyLimitMiddleware
+from api.routes import files, health, jobs, models, projects, workers
+from api.schemas.common import ErrorResponse
+from loraq.core.settings import get_settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: /docs (Swagger UI) and /redoc load their scripts from the installed package,
+    # so they work on a machine with no internet access.
+    app = FastAPIOffline(
         title="loraq",
         version="0.1.0",
         description="LoRA/QLoRA fine-tuning as a job queue, shaped like OpenAI's fine-tuning API.",
@@ -29,9 +32,12 @@ def create_app() -> FastAPI:
         BodyLimitMiddleware,
         upload_limit=settings.max_upload_bytes + (1 << 20),
         json_limit=settings.max_json_body_bytes,
+        upload_routes=frozenset({("POST", "/v1/files")}),
     )
+    # Added last, so it runs first: no byte of a body is read before its key is known to be good.
+    app.add_middleware(AuthenticateFirst, prefix="/v1/")
     install_error_handlers(app)
-    for module in (health, files, jobs, models, projects):
+    for module in (health, files, jobs, models, projects, workers):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False)

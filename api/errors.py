@@ -8,12 +8,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from loraq.errors import LoraqError, ServiceUnavailable
+from api.bodies import TooLargeInteger
+from loraq.core.errors import LoraqError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER = {"Retry-After": "5"}
 
 
 def error_response(
@@ -27,6 +32,52 @@ def error_response(
 ) -> JSONResponse:
     body = {"error": {"message": message, "type": type, "param": param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def response_for(error: Exception) -> JSONResponse | None:
+    """The answer to an error the API expects (a caller's mistake, an outage); None for a bug.
+
+    One table for the exception handlers and for the middleware that runs outside them.
+    """
+    if isinstance(error, LoraqError):
+        headers = RETRY_AFTER if isinstance(error, ServiceUnavailable) else None
+        return error_response(
+            error.status_code,
+            error.message,
+            type=error.type,
+            param=error.param,
+            code=error.code,
+            headers=headers,
+        )
+    if isinstance(error, PoolTimeout):
+        log.warning("no database connection free: %s", error)
+        return _unavailable("the server is busy: no database connection is free; retry shortly")
+    # A connection that dies mid-query surfaces as a DBAPIError with connection_invalidated set.
+    if isinstance(error, OperationalError | InterfaceError) or (
+        isinstance(error, DBAPIError) and error.connection_invalidated
+    ):
+        log.warning("database unavailable: %s", error)
+        return _unavailable("the database is unavailable; retry shortly")
+    # A value the database refuses (a NUL in text, a number out of range) that got past the edge's checks:
+    # the request's fault, and no outage.
+    if isinstance(error, DataError):
+        log.warning("database refused a value: %s", error.orig)
+        return error_response(
+            400,
+            "a value in this request cannot be stored (for example text with a NUL character)",
+            type="invalid_request_error",
+            code="invalid_value",
+        )
+    if isinstance(error, ClientDisconnect):
+        # Nobody is left to read this; it only keeps a disconnect out of the 500s.
+        return error_response(
+            400, "the client disconnected before the body ended", type="invalid_request_error"
+        )
+    return None
+
+
+def _unavailable(message: str) -> JSONResponse:
+    return error_response(503, message, type="server_error", code="service_unavailable", headers=RETRY_AFTER)
 
 
 _SOURCES = {"body", "query", "path", "header", "form", "cookie"}
@@ -53,12 +104,21 @@ def _location(loc: tuple[Any, ...], body: Any) -> str:
     return path
 
 
-async def _on_domain_error(_request: Request, error: Exception) -> JSONResponse:
-    assert isinstance(error, LoraqError)
-    headers = {"Retry-After": "5"} if isinstance(error, ServiceUnavailable) else None
-    return error_response(
-        error.status_code, error.message, type=error.type, param=error.param, code=error.code, headers=headers
-    )
+def _problem_at(problem: Any) -> tuple[Any, ...]:
+    """Where a problem is: its loc, and below it the field a rule between fields names (spec.broken_rule)."""
+    field = (problem.get("ctx") or {}).get("field")
+    return tuple(problem.get("loc", ())) + (tuple(field.split(".")) if isinstance(field, str) else ())
+
+
+def _message(problem: Any) -> str:
+    if isinstance(problem.get("input"), TooLargeInteger) and problem.get("type") != "extra_forbidden":
+        return "integer too large"
+    return str(problem.get("msg") or "")
+
+
+async def _on_known_error(_request: Request, error: Exception) -> JSONResponse:
+    response = response_for(error)
+    return response if response is not None else await _on_unexpected(_request, error)
 
 
 async def _on_validation_error(_request: Request, error: Exception) -> JSONResponse:
@@ -66,9 +126,9 @@ async def _on_validation_error(_request: Request, error: Exception) -> JSONRespo
     body = getattr(error, "body", None)
     problems: dict[str, list[str]] = {}
     for problem in error.errors():
-        messages = problems.setdefault(_location(tuple(problem.get("loc", ())), body), [])
-        if problem.get("msg") and problem["msg"] not in messages:
-            messages.append(problem["msg"])
+        messages = problems.setdefault(_location(_problem_at(problem), body), [])
+        if (message := _message(problem)) and message not in messages:
+            messages.append(message)
     # The first field that is wrong, with every way it could have been right (union branches).
     param, messages = next(iter(problems.items()))
     message = ", or ".join(messages) or "invalid value"
@@ -89,27 +149,14 @@ async def _on_http_error(_request: Request, error: Exception) -> JSONResponse:
     return error_response(error.status_code, str(error.detail), type="invalid_request_error", code=code)
 
 
-async def _on_database_down(_request: Request, error: Exception) -> JSONResponse:
-    log.warning("database unavailable: %s", error)
-    return error_response(
-        503,
-        "the database is unavailable; retry shortly",
-        type="server_error",
-        code="service_unavailable",
-        headers={"Retry-After": "5"},
-    )
-
-
 async def _on_unexpected(_request: Request, error: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=error)
     return error_response(500, "internal server error", type="server_error", code="internal_error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(LoraqError, _on_domain_error)
+    for known in (LoraqError, DBAPIError, PoolTimeout, ClientDisconnect):
+        app.add_exception_handler(known, _on_known_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(OperationalError, _on_database_down)
-    # A connection that dies mid-query surfaces as a DBAPIError with connection_invalidated set.
-    app.add_exception_handler(DBAPIError, _on_database_down)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -1,19 +1,54 @@
-"""Request body limits enforced while the body streams in, so memory stays flat whatever a client sends.
+"""What a request may cost before it is trusted: its API key is checked before a byte of its body is read,
+then its body is capped as it streams in, so memory stays flat whatever a client sends.
 
-An upload over the limit is read to its end and thrown away before the 413 goes out: most clients
-send the whole body before reading a response, and closing on them would hide the 413 behind a reset.
+An unauthenticated request is answered at once and its body never read: the server discards what still
+arrives. An authenticated upload over the limit is read to its end and thrown away before the 413 goes
+out: most clients send the whole body before reading a response, and closing on them would hide the 413
+behind a reset.
 """
 
 from __future__ import annotations
 
+import anyio.to_thread
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import error_response
+from api.deps import API_KEY_STATE, authenticate_bearer
+from api.errors import error_response, response_for
 
 # Past this much, a client that keeps sending is cut off instead of drained.
 DRAIN_LIMIT_BYTES = 4 << 30
+
+
+class AuthenticateFirst:
+    """Checks the API key of every request under `prefix` before the route, and so before its body.
+
+    FastAPI reads a body (a whole multipart form, even) before it runs a route's dependencies; a key
+    checked there would come after the server had taken in whatever an anonymous client sent.
+    """
+
+    def __init__(self, app: ASGIApp, *, prefix: str = "/v1/") -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not (scope["path"] + "/").startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        authorization = Headers(scope=scope).get("authorization")
+        try:
+            # The key is looked up in the database: off the event loop.
+            key = await anyio.to_thread.run_sync(authenticate_bearer, authorization)
+        except Exception as error:
+            # Outside FastAPI's exception handlers: the same table answers here.
+            response = response_for(error)
+            if response is None:
+                raise
+            await response(scope, receive, send)
+            return
+        scope.setdefault("state", {})[API_KEY_STATE] = key
+        await self.app(scope, receive, send)
 
 
 class BodyTooLarge(HTTPException):
@@ -22,21 +57,26 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """Caps each request's body: `upload_limit` for multipart uploads, `json_limit` for the rest."""
+    """Caps each request's body: `upload_limit` for the upload routes, `json_limit` for every other.
 
-    def __init__(self, app: ASGIApp, *, upload_limit: int, json_limit: int) -> None:
+    By route, not by content type: a JSON route sent `multipart/form-data` still gets the JSON limit.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, upload_limit: int, json_limit: int, upload_routes: frozenset[tuple[str, str]]
+    ) -> None:
         self.app = app
         self.upload_limit = upload_limit
         self.json_limit = json_limit
+        self.upload_routes = upload_routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        is_upload = headers.get("content-type", "").startswith("multipart/form-data")
+        is_upload = (scope["method"], scope["path"]) in self.upload_routes
         limit = self.upload_limit if is_upload else self.json_limit
-        declared = _int_or_none(headers.get("content-length"))
+        declared = _int_or_none(Headers(scope=scope).get("content-length"))
         if declared is not None and declared > limit:
             if declared <= DRAIN_LIMIT_BYTES:
                 await _drain(receive)

@@ -8,25 +8,29 @@ import os
 import uvicorn
 
 from api.app import create_app
-from loraq.db import session_scope
-from loraq.keys import ensure_admin_key
-from loraq.migrate import upgrade_to_head
-from loraq.settings import get_settings
+from loraq.core.db import session_scope
+from loraq.core.logs import configure_logging
+from loraq.core.migrate import upgrade_to_head
+from loraq.core.settings import get_settings
+from loraq.projects.keys import ensure_admin_key
+from loraq.storage.scratch import remove_stale_scratch
 
 log = logging.getLogger("loraq.api")
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
+    configure_logging(settings)
     upgrade_to_head()
+    remove_stale_scratch(settings.scratch_dir)  # upload spools of an API process that was killed
     with session_scope() as session:
         new_key = ensure_admin_key(session, settings.admin_key_path)
     if new_key:
         log.info("created the first admin API key in %s", settings.admin_key_path.resolve())
     port = int(os.environ.get("PORT", settings.port))
-    print(f"loraq API on http://{settings.host}:{port}  (admin key: {settings.admin_key_path})", flush=True)
-    uvicorn.run(create_app(), host=settings.host, port=port, log_level="info")
+    log.info("loraq API on http://%s:%s  (admin key: %s)", settings.host, port, settings.admin_key_path)
+    # log_config=None: uvicorn keeps the handlers configure_logging installed (plain or JSON lines).
+    uvicorn.run(create_app(), host=settings.host, port=port, log_level="info", log_config=None)
 
 
 if __name__ == "__main__":

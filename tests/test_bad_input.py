@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import chat_dataset, upload
+from tests.helpers import chat_dataset, job_body, jsonl, method, upload
 from tests.stack import Stack
 
 
@@ -64,17 +64,17 @@ def test_wrong_purpose_is_rejected(stack: Stack) -> None:
         ({"model": "meta-llama/Llama-3-8B"}, "model", "not available"),
         ({"training_file": "file-doesnotexist"}, "training_file", "file-doesnotexist"),
         (
-            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}},
+            {"method": method(n_epochs=0)},
             "method.supervised.hyperparameters.n_epochs",
             "greater than or equal to 1",
         ),
         (
-            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"learning_rate": -1}}}},
+            {"method": method(learning_rate=-1)},
             "method.supervised.hyperparameters.learning_rate",
             "greater than 0",
         ),
         (
-            {"method": {"type": "supervised", "supervised": {"hyperparameters": {"batch_size": "big"}}}},
+            {"method": method(batch_size="big")},
             "method.supervised.hyperparameters.batch_size",
             "batch_size",
         ),
@@ -83,6 +83,12 @@ def test_wrong_purpose_is_rejected(stack: Stack) -> None:
         ({"adapter": {"type": "lora", "quantization": {"bits": 4}}}, "adapter", "only to type 'qlora'"),
         ({"adapter": {"type": "dora"}}, "adapter.type", "'lora' or 'qlora'"),
         ({"adapter": {"target_modules": []}}, "adapter.target_modules", "at least 1"),
+        # Known at create, not minutes later in the worker: the base has no such layer.
+        (
+            {"adapter": {"target_modules": ["q_proj", "nonexistent_proj"]}},
+            "adapter.target_modules",
+            "nonexistent",
+        ),
         ({"unknown_field": 1}, "unknown_field", "Extra inputs"),
         ({"seed": -5}, "seed", "greater than or equal to 0"),
         ({"suffix": "has spaces!"}, "suffix", "pattern"),
@@ -91,7 +97,7 @@ def test_wrong_purpose_is_rejected(stack: Stack) -> None:
 def test_bad_job_spec_is_rejected_and_no_job_is_written(
     stack: Stack, training_file: dict[str, Any], change: dict[str, Any], param: str, mentions: str
 ) -> None:
-    body = {"model": "loraq-tiny-demo", "training_file": training_file["id"], **change}
+    body = job_body(training_file["id"]) | change
     with stack.client() as client:
         before = counts(client)
         response = client.post("/v1/fine_tuning/jobs", json=body)
@@ -103,11 +109,7 @@ def test_result_file_cannot_be_a_training_file(stack: Stack, training_file: dict
     with stack.client() as client:
         response = client.post(
             "/v1/fine_tuning/jobs",
-            json={
-                "model": "loraq-tiny-demo",
-                "training_file": training_file["id"],
-                "validation_file": "file-nope",
-            },
+            json=job_body(training_file["id"], validation_file="file-nope"),
         )
     assert_error(response, 400, param="validation_file", mentions="file-nope")
 
@@ -147,3 +149,29 @@ def test_bad_list_cursor_is_400(stack: Stack) -> None:
     with stack.client() as client:
         response = client.get("/v1/fine_tuning/jobs", params={"after": "ftjob-nope"})
     assert_error(response, 400, param="after", mentions="ftjob-nope")
+
+
+def test_what_would_fail_in_the_worker_is_refused_up_front(stack: Stack) -> None:
+    """Known before any training: each answers 400 naming its field, instead of a job that fails later."""
+    with stack.client() as client:
+        single = upload(client, chat_dataset(1))
+        before = counts(client)
+        response = client.post(
+            "/v1/fine_tuning/jobs", json=job_body(single["id"], method=method(validation_split=0.2))
+        )
+        assert_error(
+            response, 400, param="method.supervised.hyperparameters.validation_split", mentions="at least 2"
+        )
+        assert counts(client) == before
+        # A chat template reads each tool as an object: the upload refuses what it would choke on.
+        tools = jsonl(
+            [
+                {
+                    "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                    "tools": [1, "x", None],
+                }
+            ]
+        )
+        response = client.post("/v1/files", files={"file": ("t.jsonl", tools)}, data={"purpose": "fine-tune"})
+        assert_error(response, 400, param="file", mentions="line 1: tools[0] must be an object")
+        assert counts(client) == before

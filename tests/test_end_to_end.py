@@ -5,52 +5,36 @@ Each test runs on both deployments: the embedded default and Postgres + Redis.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from tests.conftest import FAST_HYPERPARAMETERS, chat_dataset, upload
+from loraq.jobs.spec import ATTENTION_PROJECTIONS
+from tests.helpers import (
+    BUNDLE_FILES,
+    FAST_HYPERPARAMETERS,
+    all_pages,
+    chat_dataset,
+    create_job,
+    download_bundle,
+    job_body,
+    jsonl,
+    method,
+    read_manifest,
+    upload,
+)
 from tests.stack import Stack, wait_for
 
-ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
-FINISHED = {"succeeded", "failed", "cancelled"}
 
-
-def job_body(training_file: str, adapter: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
-    return {
-        "model": "loraq-tiny-demo",
-        "training_file": training_file,
-        "seed": 1234,
-        "method": {
-            "type": "supervised",
-            "supervised": {"hyperparameters": {**FAST_HYPERPARAMETERS, **hyperparameters}},
-        },
-        "adapter": adapter,
-    }
-
-
-def all_pages(client: httpx.Client, path: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    after = None
-    while True:
-        page = client.get(path, params={"limit": 100, **({"after": after} if after else {})}).json()
-        items += page["data"]
-        if not page["has_more"]:
-            return items
-        after = page["data"][-1]["id"]
-
-
-def download_bundle(client: httpx.Client, file_id: str, dest: Path) -> Path:
-    response = client.get(f"/v1/files/{file_id}/content")
-    assert response.status_code == 200, response.text
-    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
-        tar.extractall(dest, filter="data")
-    return dest
+def fast_job(training_file: str, adapter: dict[str, Any], **hyperparameters: Any) -> dict[str, Any]:
+    """A job body that trains the demo model in seconds."""
+    return job_body(
+        training_file,
+        seed=1234,
+        adapter=adapter,
+        method=method(**{**FAST_HYPERPARAMETERS, **hyperparameters}),
+    )
 
 
 def run_job_to_success(
@@ -58,11 +42,9 @@ def run_job_to_success(
 ) -> tuple[dict[str, Any], Path, list[dict[str, Any]]]:
     with stack.client() as client:
         training = upload(client, chat_dataset())
-        created = client.post("/v1/fine_tuning/jobs", json=job_body(training["id"], adapter))
-        assert created.status_code == 200, created.text
-        assert created.json()["status"] == "queued"
-        job = stack.wait_for_job(created.json()["id"], FINISHED)
-        assert job["status"] == "succeeded", (job["error"], stack.all_worker_logs())
+        created = create_job(client, fast_job(training["id"], adapter))
+        assert created["status"] == "queued"
+        job = stack.wait_for_success(created["id"])
         events = all_pages(client, f"/v1/fine_tuning/jobs/{job['id']}/events")
         [result_file] = job["result_files"]
         bundle = download_bundle(client, result_file, tmp_path / "bundle")
@@ -92,22 +74,12 @@ def assert_adapter_changes_base(demo_model: Path, bundle: Path) -> None:
     assert (after - before).abs().max().item() > 1e-3
 
 
-BUNDLE_FILES = {
-    "adapter_config.json",
-    "adapter_model.safetensors",
-    "tokenizer.json",
-    "training_args.json",
-    "manifest.json",
-    "README.md",
-}
-
-
 def test_qlora_job_end_to_end(stack: Stack, demo_model: Path, tmp_path: Path) -> None:
     adapter = {
         "type": "qlora",
         "r": 8,
         "alpha": 16,
-        "target_modules": ATTENTION,
+        "target_modules": ATTENTION_PROJECTIONS,
         "quantization": {"bits": 4, "quant_type": "nf4", "double_quant": True},
     }
     job, bundle, events = run_job_to_success(stack, adapter, tmp_path)
@@ -120,8 +92,8 @@ def test_qlora_job_end_to_end(stack: Stack, demo_model: Path, tmp_path: Path) ->
 
     adapter_config = json.loads((bundle / "adapter_config.json").read_text())
     assert adapter_config["r"] == 8 and adapter_config["lora_alpha"] == 16
-    assert set(adapter_config["target_modules"]) == set(ATTENTION)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert set(adapter_config["target_modules"]) == set(ATTENTION_PROJECTIONS)
+    manifest = read_manifest(bundle)
     base = manifest["quantized_base"]
     # Every attention projection of the frozen base was a 4-bit NF4 layer while it trained.
     assert base["linear_layer_types"].get("Linear4bit", 0) >= 4 * 2, base
@@ -135,13 +107,13 @@ def test_qlora_job_end_to_end(stack: Stack, demo_model: Path, tmp_path: Path) ->
 
 
 def test_lora_job_end_to_end(stack: Stack, demo_model: Path, tmp_path: Path) -> None:
-    adapter = {"type": "lora", "r": 4, "alpha": 8, "target_modules": ATTENTION}
+    adapter = {"type": "lora", "r": 4, "alpha": 8, "target_modules": ATTENTION_PROJECTIONS}
     job, bundle, events = run_job_to_success(stack, adapter, tmp_path)
 
     assert {p.name for p in bundle.iterdir()} >= BUNDLE_FILES
     assert_loss_falls(events)
     assert_adapter_changes_base(demo_model, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     assert manifest["quantized_base"].get("quantized_linear_layers", 0) == 0
     assert job["adapter"]["quantization"] is None
 
@@ -149,10 +121,9 @@ def test_lora_job_end_to_end(stack: Stack, demo_model: Path, tmp_path: Path) -> 
 def test_cancel_running_job_frees_the_worker(stack: Stack) -> None:
     with stack.client() as client:
         training = upload(client, chat_dataset())
-        long_job = client.post(
-            "/v1/fine_tuning/jobs",
-            json=job_body(training["id"], {"type": "lora", "r": 2}, n_epochs=50, batch_size=1),
-        ).json()
+        long_job = create_job(
+            client, fast_job(training["id"], {"type": "lora", "r": 2}, n_epochs=50, batch_size=1)
+        )
 
         def training_steps() -> dict[str, Any] | None:
             job: dict[str, Any] = client.get(f"/v1/fine_tuning/jobs/{long_job['id']}").json()
@@ -175,43 +146,40 @@ def test_cancel_running_job_frees_the_worker(stack: Stack) -> None:
         # A second cancel is a conflict, not a silent success.
         assert client.post(f"/v1/fine_tuning/jobs/{long_job['id']}/cancel").status_code == 409
 
-        next_job = client.post(
-            "/v1/fine_tuning/jobs", json=job_body(training["id"], {"type": "lora", "r": 2}, n_epochs=1)
-        ).json()
-    assert stack.wait_for_job(next_job["id"], FINISHED)["status"] == "succeeded"
+        next_job = create_job(client, fast_job(training["id"], {"type": "lora", "r": 2}, n_epochs=1))
+    stack.wait_for_success(next_job["id"])
 
 
 def test_cancel_queued_job_is_immediate(stack: Stack) -> None:
     with stack.client() as client:
         training = upload(client, chat_dataset())
-        created = client.post("/v1/fine_tuning/jobs", json=job_body(training["id"], {"type": "lora"}))
-        cancelled = client.post(f"/v1/fine_tuning/jobs/{created.json()['id']}/cancel").json()
+        created = create_job(client, fast_job(training["id"], {"type": "lora"}))
+        cancelled = client.post(f"/v1/fine_tuning/jobs/{created['id']}/cancel").json()
         assert cancelled["status"] == "cancelled" and cancelled["finished_at"] is not None
         time.sleep(2)  # a worker that picks up the message must leave it cancelled
-        job = client.get(f"/v1/fine_tuning/jobs/{created.json()['id']}").json()
+        job = client.get(f"/v1/fine_tuning/jobs/{created['id']}").json()
     assert job["status"] == "cancelled" and job["result_files"] == []
 
 
 def test_training_error_fails_the_job_with_a_readable_error(stack: Stack) -> None:
     # Every answer lies past max_seq_len, so no example has a token to learn from.
     long_system = "context " * 40
-    lines = [
-        {
-            "messages": [
-                {"role": "system", "content": long_system},
-                {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "hello"},
-            ]
-        }
-        for _ in range(4)
-    ]
-    content = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    content = jsonl(
+        [
+            {
+                "messages": [
+                    {"role": "system", "content": long_system},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "hello"},
+                ]
+            }
+            for _ in range(4)
+        ]
+    )
     with stack.client() as client:
         training = upload(client, content)
-        job = client.post(
-            "/v1/fine_tuning/jobs", json=job_body(training["id"], {"type": "lora"}, max_seq_len=16)
-        )
-        done = stack.wait_for_job(job.json()["id"], FINISHED)
+        job = create_job(client, fast_job(training["id"], {"type": "lora"}, max_seq_len=16))
+        done = stack.wait_for_job(job["id"])
         assert done["status"] == "failed" and done["result_files"] == []
         assert done["error"]["code"] == "training_error"
         assert "max_seq_len" in done["error"]["message"] or "trainable" in done["error"]["message"], done[

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import chat_dataset, upload
+from tests.helpers import chat_dataset, create_job, job_body, pages, upload
 from tests.stack import Stack
 
 
@@ -14,15 +14,9 @@ def test_pagination_and_filters(stack: Stack) -> None:
         training = upload(client, chat_dataset(4))
         created = []
         for team in ("search", "ads", "search"):
-            job = client.post(
-                "/v1/fine_tuning/jobs",
-                json={
-                    "model": "loraq-tiny-demo",
-                    "training_file": training["id"],
-                    "metadata": {"team": team},
-                    "adapter": {"type": "lora"},
-                },
-            ).json()
+            job = create_job(
+                client, job_body(training["id"], metadata={"team": team}, adapter={"type": "lora"})
+            )
             client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
             created.append(job["id"])
 
@@ -35,21 +29,8 @@ def test_pagination_and_filters(stack: Stack) -> None:
         cancelled = client.get("/v1/fine_tuning/jobs", params={"status": "cancelled", "limit": 100}).json()
         assert set(created) <= {j["id"] for j in cancelled["data"]}
 
-        pages, after = [], None
-        while True:
-            page = client.get(
-                "/v1/fine_tuning/jobs",
-                params={
-                    "limit": 1,
-                    "metadata": json.dumps({"team": "search"}),
-                    **({"after": after} if after else {}),
-                },
-            ).json()
-            pages.append([j["id"] for j in page["data"]])
-            if not page["has_more"]:
-                break
-            after = page["data"][-1]["id"]
-        assert pages == [[created[2]], [created[0]]]
+        one_by_one = pages(client, "/v1/fine_tuning/jobs", limit=1, metadata=json.dumps({"team": "search"}))
+        assert [[j["id"] for j in page] for page in one_by_one] == [[created[2]], [created[0]]]
 
         bad = client.get("/v1/fine_tuning/jobs", params={"metadata": "not json"})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "metadata"

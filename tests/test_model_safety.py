@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tests.conftest import chat_dataset, upload
+from tests.helpers import chat_dataset, job_body, upload
 from tests.stack import Stack
 
 
@@ -21,9 +21,7 @@ def test_pickle_only_models_and_hub_ids_are_refused(stack: Stack, demo_model: Pa
             assert "pickle-only-model" not in listed and "loraq-tiny-demo" in listed
             training = upload(client, chat_dataset(2))
             for model in ("pickle-only-model", "HuggingFaceTB/SmolLM2-135M", "../loraq-tiny-demo", "/etc"):
-                response = client.post(
-                    "/v1/fine_tuning/jobs", json={"model": model, "training_file": training["id"]}
-                )
+                response = client.post("/v1/fine_tuning/jobs", json=job_body(training["id"], model=model))
                 assert response.status_code == 400, (model, response.text)
                 assert response.json()["error"]["param"] == "model"
     finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import FAST_HYPERPARAMETERS, chat_dataset
+from tests.helpers import FAST_HYPERPARAMETERS, chat_dataset, method
 from tests.stack import Stack
 
 
@@ -30,7 +30,7 @@ def test_openai_sdk_round_trip(stack: Stack, tmp_path: Path) -> None:
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}},
         extra_body={
             "adapter": {"type": "qlora", "r": 4, "alpha": 8},
-            "method": {"type": "supervised", "supervised": {"hyperparameters": FAST_HYPERPARAMETERS}},
+            "method": method(**FAST_HYPERPARAMETERS),
         },
     )
     assert job.status == "queued"
@@ -39,8 +39,7 @@ def test_openai_sdk_round_trip(stack: Stack, tmp_path: Path) -> None:
     listed = client.fine_tuning.jobs.list(limit=100)
     assert job.id in [j.id for j in listed.data]
 
-    finished = stack.wait_for_job(job.id, {"succeeded", "failed", "cancelled"})
-    assert finished["status"] == "succeeded", finished["error"]
+    stack.wait_for_success(job.id)
     retrieved = client.fine_tuning.jobs.retrieve(job.id)
     assert (
         retrieved.status == "succeeded"

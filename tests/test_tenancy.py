@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import chat_dataset, upload
+from tests.helpers import chat_dataset, create_job, job_body, method, upload
 from tests.stack import Stack, wait_for
 
 ADMIN_ONLY = re.compile(r"^/v1/projects")
@@ -74,10 +74,7 @@ def test_every_route_with_an_id_hides_other_projects_objects(
     _, outsider = other_project
     with stack.client() as owner:
         training = upload(owner, chat_dataset(4))
-        job = owner.post(
-            "/v1/fine_tuning/jobs",
-            json={"model": "loraq-tiny-demo", "training_file": training["id"], "adapter": {"type": "lora"}},
-        ).json()
+        job = create_job(owner, job_body(training["id"], adapter={"type": "lora"}))
         owner.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
         schema = owner.get("/openapi.json").json()
     ids = {"file_id": training["id"], "fine_tuning_job_id": job["id"]}
@@ -121,12 +118,8 @@ def test_project_limits_answer_429(stack: Stack) -> None:
         assert "storage limit" in over.json()["error"]["message"]
         assert len(client.get("/v1/files").json()["data"]) == 1
 
-        body = {"model": "loraq-tiny-demo", "training_file": training["id"], "adapter": {"type": "lora"}}
-        long_body = {
-            **body,
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 50}}},
-        }
-        running = client.post("/v1/fine_tuning/jobs", json=long_body).json()
+        body = job_body(training["id"], adapter={"type": "lora"})
+        running = create_job(client, body | {"method": method(n_epochs=50)})
         wait_for(
             lambda: client.get(f"/v1/fine_tuning/jobs/{running['id']}").json()["status"] == "running",
             timeout=120,
@@ -161,17 +154,16 @@ def test_idempotent_creates(stack: Stack) -> None:
         assert [f["id"] for f in client.get("/v1/files").json()["data"]].count(first.json()["id"]) == 1
         assert upload_with("upload-1", chat_dataset(5)).status_code == 409
 
-        body = {
-            "model": "loraq-tiny-demo",
-            "training_file": first.json()["id"],
-            "adapter": {"type": "lora"},
-            "suffix": "idem",
-        }
+        body = job_body(first.json()["id"], adapter={"type": "lora"}, suffix="idem")
         jobs_before = len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"])
         created = client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "job-1"})
         retried = client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "job-1"})
         assert created.status_code == retried.status_code == 200
         assert created.json()["id"] == retried.json()["id"]
+        # The job is live: a replay after a cancel answers "cancelled", not the first "queued" snapshot.
+        client.post(f"/v1/fine_tuning/jobs/{created.json()['id']}/cancel")
+        replayed = client.post("/v1/fine_tuning/jobs", json=body, headers={"Idempotency-Key": "job-1"})
+        assert replayed.json()["id"] == created.json()["id"] and replayed.json()["status"] == "cancelled"
         assert (
             len(client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]) == jobs_before + 1
         )

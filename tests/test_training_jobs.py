@@ -5,29 +5,31 @@ both deployments, which tests/test_end_to_end.py covers)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import upload
-from tests.stack import Stack
+from tests.helpers import (
+    FAST_HYPERPARAMETERS,
+    bundle_files,
+    chat_dataset,
+    create_job,
+    download_bundle,
+    job_body,
+    jsonl,
+    method,
+    upload,
+)
+from tests.stack import Stack, wait_for
 
 pytestmark = pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 
-FINISHED = {"succeeded", "failed", "cancelled"}
 
-
-def jsonl(records: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(record) + "\n" for record in records).encode()
-
-
-DATASETS = {
-    "chat": jsonl(
+def color_questions(numbers: range) -> bytes:
+    return jsonl(
         [
             {
                 "messages": [
@@ -35,9 +37,13 @@ DATASETS = {
                     {"role": "assistant", "content": "blue blue"},
                 ]
             }
-            for i in range(16)
+            for i in numbers
         ]
-    ),
+    )
+
+
+DATASETS = {
+    "chat": color_questions(range(16)),
     "prompt_completion": jsonl(
         [{"prompt": f"Count to {i}:", "completion": " one two three"} for i in range(16)]
     ),
@@ -45,38 +51,16 @@ DATASETS = {
 }
 
 
-def create(client: httpx.Client, training_file: str, **overrides: Any) -> dict[str, Any]:
-    hyperparameters = {
-        "n_epochs": 2,
-        "batch_size": 4,
-        "learning_rate": 5e-3,
-        "max_seq_len": 64,
-        **overrides.pop("hyperparameters", {}),
-    }
-    body = {
-        "model": "loraq-tiny-demo",
-        "training_file": training_file,
+def create(
+    client: httpx.Client, training_file: str, hyperparameters: dict[str, Any] | None = None, **fields: Any
+) -> str:
+    """Create a quick LoRA job, fields replacing the body's own; its id."""
+    quick = {
         "seed": 11,
         "adapter": {"type": "lora", "r": 4},
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-        **overrides,
+        "method": method(**{**FAST_HYPERPARAMETERS, **(hyperparameters or {})}),
     }
-    response = client.post("/v1/fine_tuning/jobs", json=body)
-    assert response.status_code == 200, response.text
-    job: dict[str, Any] = response.json()
-    return job
-
-
-def succeeded(stack: Stack, job: dict[str, Any]) -> dict[str, Any]:
-    done = stack.wait_for_job(job["id"], FINISHED)
-    assert done["status"] == "succeeded", (done["error"], stack.all_worker_logs())
-    return done
-
-
-def bundle_files(client: httpx.Client, file_id: str) -> dict[str, bytes]:
-    content = client.get(f"/v1/files/{file_id}/content").content
-    with tarfile.open(fileobj=io.BytesIO(content)) as tar:
-        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    return str(create_job(client, job_body(training_file, **quick | fields))["id"])
 
 
 @pytest.mark.parametrize("dataset_format", sorted(DATASETS))
@@ -84,7 +68,7 @@ def test_each_format_trains(stack: Stack, dataset_format: str) -> None:
     with stack.client() as client:
         training = upload(client, DATASETS[dataset_format])
         assert training["format"] == dataset_format
-        done = succeeded(stack, create(client, training["id"]))
+        done = stack.wait_for_success(create(client, training["id"]))
         manifest = json.loads(bundle_files(client, done["result_files"][0])["manifest.json"])
     assert manifest["dataset"]["format"] == dataset_format
     assert manifest["dataset"]["train_sha256"] == training["sha256"]
@@ -93,28 +77,14 @@ def test_each_format_trains(stack: Stack, dataset_format: str) -> None:
 def test_validation_and_checkpoints(stack: Stack) -> None:
     with stack.client() as client:
         training = upload(client, DATASETS["chat"])
-        held_out = jsonl(
-            [
-                {
-                    "messages": [
-                        {"role": "user", "content": f"Color of {i}?"},
-                        {"role": "assistant", "content": "blue blue"},
-                    ]
-                }
-                for i in range(100, 108)
-            ]
-        )
-        validation = upload(client, held_out)
-        done = succeeded(
-            stack,
-            create(
-                client, training["id"], validation_file=validation["id"], hyperparameters={"save_steps": 3}
-            ),
+        validation = upload(client, color_questions(range(100, 108)))
+        done = stack.wait_for_success(
+            create(client, training["id"], {"save_steps": 3}, validation_file=validation["id"])
         )
         checkpoints = client.get(f"/v1/fine_tuning/jobs/{done['id']}/checkpoints").json()["data"]
         assert len(checkpoints) >= 2
         assert all(c["metrics"].get("valid_loss") is not None for c in checkpoints), checkpoints
-        assert done["progress"]["eval_loss"] is not None
+        assert done["progress"]["valid_loss"] is not None
         # Each checkpoint's adapter downloads as its own bundle, without the resume-only pickles.
         checkpoint_bundle = bundle_files(client, checkpoints[0]["result_file"])
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(checkpoint_bundle)
@@ -127,7 +97,7 @@ def test_same_seed_same_adapter_bytes(stack: Stack) -> None:
     with stack.client() as client:
         training = upload(client, DATASETS["chat"])
         first, second, other = (
-            succeeded(stack, create(client, training["id"], seed=seed)) for seed in (5, 5, 6)
+            stack.wait_for_success(create(client, training["id"], seed=seed)) for seed in (5, 5, 6)
         )
         adapters = [
             hashlib.sha256(
@@ -145,14 +115,13 @@ def test_merged_export_loads_as_a_plain_model(stack: Stack, tmp_path: Path) -> N
 
     with stack.client() as client:
         training = upload(client, DATASETS["chat"])
-        done = succeeded(
-            stack, create(client, training["id"], export={"merged": True}, adapter={"type": "qlora", "r": 4})
+        done = stack.wait_for_success(
+            create(client, training["id"], export={"merged": True}, adapter={"type": "qlora", "r": 4})
         )
         assert len(done["result_files"]) == 2
         names = [client.get(f"/v1/files/{f}").json()["filename"] for f in done["result_files"]]
         merged_id = done["result_files"][names.index(next(n for n in names if "merged" in n))]
-        for name, data in bundle_files(client, merged_id).items():
-            (tmp_path / name).write_bytes(data)
+        download_bundle(client, merged_id, tmp_path)
     assert not list(tmp_path.glob("adapter_*")), "a merged model is a plain model, not an adapter"
     model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
     assert model(input_ids=torch.tensor([[1, 2, 3]])).logits.isfinite().all()
@@ -161,21 +130,21 @@ def test_merged_export_loads_as_a_plain_model(stack: Stack, tmp_path: Path) -> N
 @pytest.mark.parametrize("dataset_format", sorted(DATASETS))
 def test_estimate_answers_without_queueing(stack: Stack, dataset_format: str) -> None:
     with stack.client() as client:
+        # The worker says what it trains on when it registers; /readyz is 200 once one has.
+        wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="a live worker")
         training = upload(client, DATASETS[dataset_format])
         jobs_before = client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
-        body = {
-            "model": "loraq-tiny-demo",
-            "training_file": training["id"],
-            "method": {
-                "type": "supervised",
-                "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4, "max_seq_len": 64}},
-            },
-        }
-        response = client.post("/v1/fine_tuning/jobs/estimate", json=body)
-        assert response.status_code == 200, response.text
-        plain = response.json()
-        body["method"]["supervised"]["hyperparameters"]["packing"] = True
-        packed = client.post("/v1/fine_tuning/jobs/estimate", json=body).json()
+
+        def estimate(packing: bool) -> dict[str, Any]:
+            hyperparameters = method(n_epochs=2, batch_size=4, max_seq_len=64, packing=packing)
+            response = client.post(
+                "/v1/fine_tuning/jobs/estimate", json=job_body(training["id"], method=hyperparameters)
+            )
+            assert response.status_code == 200, response.text
+            answer: dict[str, Any] = response.json()
+            return answer
+
+        plain, packed = estimate(False), estimate(True)
         assert client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"] == jobs_before
     assert plain["examples"] == 16 and plain["train_tokens"] > 16
     assert plain["total_steps"] == 2 * 4
@@ -184,3 +153,17 @@ def test_estimate_answers_without_queueing(stack: Stack, dataset_format: str) ->
     assert memory["total"] == sum(
         memory[part] for part in ("base_weights", "adapter", "optimizer", "activations")
     )
+    # It assumes what the deployment's workers train on: this CPU worker resolves "auto" to float32.
+    assert (plain["device"], plain["compute_dtype"]) == ("cpu", "float32")
+
+
+def test_estimate_counts_the_validation_file_and_refuses_unknown_files(stack: Stack) -> None:
+    with stack.client() as client:
+        training = upload(client, DATASETS["chat"])
+        validation = upload(client, chat_dataset(3))
+        body = job_body(training["id"], validation_file=validation["id"])
+        answer = client.post("/v1/fine_tuning/jobs/estimate", json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["validation_examples"] == 3
+        unknown = client.post("/v1/fine_tuning/jobs/estimate", json=body | {"validation_file": "file-nope"})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "validation_file"

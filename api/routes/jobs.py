@@ -6,15 +6,19 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from pydantic import TypeAdapter, ValidationError
 
-from api.deps import IdempotencyKey, ProjectId, SessionDep, SettingsDep, StoreDep
-from api.schemas import CheckpointPublic, EventPublic, JobPublic, ListPublic, list_of
-from loraq import jobs, repository
-from loraq.errors import InvalidRequest
-from loraq.idempotency import create_once, fingerprint
-from loraq.spec import JobCreate
+from api.bodies import JSONBodyRoute, parse_json
+from api.deps import Cursor, IdempotencyKey, ObjectId, ProjectId, SessionDep, SettingsDep, StoreDep
+from api.schemas.common import ListPublic, list_of
+from api.schemas.jobs import CheckpointPublic, EventPublic, JobPublic
+from loraq.core.errors import InvalidRequest
+from loraq.jobs import repository, service
+from loraq.jobs.spec import JobCreate, Metadata
+from loraq.jobs.states import JobStatus
+from loraq.projects.idempotency import create_once, fingerprint
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], route_class=JSONBodyRoute)
 
 Limit = Annotated[int, Query(ge=1, le=100)]
 
@@ -26,14 +30,16 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
-) -> dict[str, Any]:
+) -> JobPublic:
+    """Create and queue a job. A retry with the same Idempotency-Key and body makes no second job: it
+    answers the first one as it is now (a job is a live object; its creation-time snapshot is stale)."""
     request_fingerprint = fingerprint(body.model_dump(mode="json"))
 
     def create() -> tuple[dict[str, Any], str]:
-        job = jobs.create_job(session, project_id=project_id, request=body, settings=settings)
-        return JobPublic.of(job).model_dump(mode="json"), request_fingerprint
+        job = service.create_job(session, project_id=project_id, request=body, settings=settings)
+        return JobPublic.model_validate(job).model_dump(mode="json"), request_fingerprint
 
-    return create_once(
+    answer = create_once(
         session,
         project_id=project_id,
         key=idempotency_key,
@@ -41,6 +47,7 @@ def create_job(
         request_fingerprint=lambda: request_fingerprint,
         create=create,
     )
+    return JobPublic.model_validate(repository.get_job(session, project_id=project_id, job_id=answer["id"]))
 
 
 @router.post("/estimate")
@@ -48,16 +55,16 @@ def estimate_job(
     body: JobCreate, project_id: ProjectId, session: SessionDep, settings: SettingsDep, store: StoreDep
 ) -> dict[str, Any]:
     """Examples, tokens, truncation, length percentiles, steps and a memory estimate, without queueing."""
-    return jobs.estimate_job(session, project_id=project_id, request=body, settings=settings, store=store)
+    return service.estimate_job(session, project_id=project_id, request=body, settings=settings, store=store)
 
 
 @router.get("", response_model=ListPublic[JobPublic])
 def list_jobs(
     project_id: ProjectId,
     session: SessionDep,
-    after: str | None = None,
+    after: Cursor = None,
     limit: Limit = 20,
-    status: str | None = None,
+    status: JobStatus | None = None,
     metadata: Annotated[str | None, Query(description='JSON object, e.g. {"team":"search"}')] = None,
 ) -> ListPublic[JobPublic]:
     page = repository.list_jobs(
@@ -68,54 +75,65 @@ def list_jobs(
         after=after,
         limit=limit,
     )
-    return list_of(page, JobPublic.of)
+    return list_of(page, JobPublic.model_validate)
 
 
 @router.get("/{fine_tuning_job_id}", response_model=JobPublic)
-def get_job(fine_tuning_job_id: str, project_id: ProjectId, session: SessionDep) -> JobPublic:
-    return JobPublic.of(repository.get_job(session, project_id=project_id, job_id=fine_tuning_job_id))
+def get_job(fine_tuning_job_id: ObjectId, project_id: ProjectId, session: SessionDep) -> JobPublic:
+    return JobPublic.model_validate(
+        repository.get_job(session, project_id=project_id, job_id=fine_tuning_job_id)
+    )
 
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
-def cancel_job(fine_tuning_job_id: str, project_id: ProjectId, session: SessionDep) -> JobPublic:
-    return JobPublic.of(jobs.cancel_job(session, project_id=project_id, job_id=fine_tuning_job_id))
+def cancel_job(fine_tuning_job_id: ObjectId, project_id: ProjectId, session: SessionDep) -> JobPublic:
+    return JobPublic.model_validate(
+        service.cancel_job(session, project_id=project_id, job_id=fine_tuning_job_id)
+    )
 
 
 @router.get("/{fine_tuning_job_id}/events", response_model=ListPublic[EventPublic])
 def list_events(
-    fine_tuning_job_id: str,
+    fine_tuning_job_id: ObjectId,
     project_id: ProjectId,
     session: SessionDep,
-    after: str | None = None,
+    after: Cursor = None,
     limit: Limit = 20,
 ) -> ListPublic[EventPublic]:
     page = repository.list_events(
         session, project_id=project_id, job_id=fine_tuning_job_id, after=after, limit=limit
     )
-    return list_of(page, EventPublic.of)
+    return list_of(page, EventPublic.model_validate)
 
 
 @router.get("/{fine_tuning_job_id}/checkpoints", response_model=ListPublic[CheckpointPublic])
 def list_checkpoints(
-    fine_tuning_job_id: str,
+    fine_tuning_job_id: ObjectId,
     project_id: ProjectId,
     session: SessionDep,
-    after: str | None = None,
+    after: Cursor = None,
     limit: Limit = 10,
 ) -> ListPublic[CheckpointPublic]:
     page = repository.list_checkpoints(
         session, project_id=project_id, job_id=fine_tuning_job_id, after=after, limit=limit
     )
-    return list_of(page, CheckpointPublic.of)
+    return list_of(page, CheckpointPublic.model_validate)
+
+
+_METADATA = TypeAdapter(Metadata)
 
 
 def _metadata_filter(raw: str | None) -> dict[str, str]:
     if raw is None:
         return {}
     try:
-        parsed = json.loads(raw)
+        return _METADATA.validate_python(parse_json(raw))
     except json.JSONDecodeError as error:
         raise InvalidRequest(f"metadata must be a JSON object: {error}", param="metadata") from error
-    if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
-        raise InvalidRequest("metadata must be a JSON object of strings", param="metadata")
-    return parsed
+    except ValidationError as error:
+        problem = error.errors()[0]
+        where = ".".join(str(piece) for piece in problem["loc"])
+        raise InvalidRequest(
+            f"metadata must be a JSON object of strings: {where + ': ' if where else ''}{problem['msg']}",
+            param="metadata",
+        ) from error

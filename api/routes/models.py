@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import ProjectId, SessionDep, SettingsDep
-from api.schemas import ListPublic, ModelPublic
-from loraq import repository
-from loraq.base_models import list_base_models
+from api.schemas.common import ListPublic
+from api.schemas.models import ModelPublic
+from loraq.base_models.catalog import list_base_models
+from loraq.jobs import repository as jobs_repository
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -25,6 +26,6 @@ def list_models(project_id: ProjectId, session: SessionDep, settings: SettingsDe
             owned_by=project_id,
             kind="adapter",
         )
-        for job in repository.list_fine_tuned_models(session, project_id=project_id)
+        for job in jobs_repository.list_fine_tuned_models(session, project_id=project_id)
     ]
     return ListPublic[ModelPublic](data=bases + adapters)
