@@ -44,10 +44,14 @@ def test_make_serve_runs_the_embedded_default(tmp_path: Path) -> None:
         )
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers).json()["data"]
         assert "loraq-tiny-demo" in [m["id"] for m in models]
-        ready = httpx.get(f"http://127.0.0.1:{port}/readyz")
-        assert ready.status_code == 200, ready.text
+        # Ready once the worker has registered (tests/test_supervision.py times this more closely).
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,
+            timeout=60,
+            what="/readyz with a live worker",
+        )
         assert f"http://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()
-        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers).text
         assert 'loraq_jobs{status="queued"} 0.0' in scrape
     finally:
         os.killpg(serve.pid, signal.SIGTERM)

@@ -6,8 +6,8 @@ from typing import Any
 
 from celery.signals import worker_process_init
 
-from loraq.db import get_engine
-from loraq.queue import get_celery
+from loraq.core.broker import get_celery
+from loraq.core.db import get_engine
 
 app = get_celery()
 app.conf.include = ["worker.tasks"]

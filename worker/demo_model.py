@@ -11,9 +11,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from loraq.chat_template import CHATML_TEMPLATE
+from loraq.base_models.catalog import DEMO_MODEL_NAME
+from loraq.tokens.chat_template import CHATML_TEMPLATE
 
-DEMO_MODEL_NAME = "loraq-tiny-demo"
 SEED = 1234
 VOCAB_SIZE = 1000
 MAX_POSITIONS = 512

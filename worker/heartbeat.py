@@ -6,9 +6,10 @@ import logging
 import threading
 import time
 
-from loraq import lifecycle
-from loraq.db import session_scope
-from loraq.lifecycle import Lease
+from loraq.core.db import session_scope
+from loraq.core.logs import job_logging
+from loraq.jobs import runs
+from loraq.jobs.states import Lease
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,14 @@ class Heartbeat:
         self._thread.join(timeout=self.interval + 5)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.beat()
+        with job_logging(self.lease.job_id):  # a new thread starts without the task's context
+            while not self._stop.wait(self.interval):
+                self.beat()
 
     def beat(self) -> None:
         try:
             with session_scope() as session:
-                if not lifecycle.renew(session, self.lease, lease_seconds=self.lease_seconds):
+                if not runs.renew(session, self.lease, lease_seconds=self.lease_seconds):
                     self.lost.set()
         except Exception:
             # The database is unreachable: keep training; if the lease expires meanwhile,
@@ -54,7 +56,7 @@ class Heartbeat:
             self._last_check = now
             try:
                 with session_scope() as session:
-                    if not lifecycle.holds(session, self.lease):
+                    if not runs.holds(session, self.lease):
                         self.lost.set()
             except Exception:
                 log.warning("could not check the lease of %s", self.lease.job_id, exc_info=True)

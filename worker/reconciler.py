@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from loraq import lifecycle
-from loraq.db import session_scope
-from loraq.queue import publish_job
+from loraq.core.broker import publish_job
+from loraq.core.db import session_scope
+from loraq.jobs import runs
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 def reconcile_once(*, republish_after: float) -> list[str]:
     """Publish queued jobs nobody took lately, and running jobs whose worker's lease expired."""
     with session_scope() as session:
-        job_ids = lifecycle.jobs_to_publish(session, republish_after=republish_after)
+        job_ids = runs.jobs_to_publish(session, republish_after=republish_after)
     for job_id in job_ids:
         publish_job(job_id)
     if job_ids:

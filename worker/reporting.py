@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from loraq import files, lifecycle
-from loraq.db import session_scope
-from loraq.lifecycle import Lease
-from loraq.storage import ArtifactStore, new_storage_key
+from loraq.core.db import session_scope
+from loraq.files import service as files_service
+from loraq.jobs import runs
+from loraq.jobs.states import Lease
+from loraq.storage.archives import pack_dir
+from loraq.storage.stores import ArtifactStore, new_storage_key
 from worker.heartbeat import Heartbeat
-from worker.training.export import pack_bundle
+from worker.training.contracts import TrainingStopped
+
+log = logging.getLogger(__name__)
 
 # What of a Trainer checkpoint makes a loadable adapter; the rest (optimizer, scheduler and RNG
 # state, pickled training args) is only for resuming and never leaves the worker's side.
@@ -28,64 +33,87 @@ CHECKPOINT_ADAPTER_FILES = (
 
 
 class JobReporter:
-    """Implements worker.training's Reporter for one leased job."""
+    """Implements worker.training's Reporter for one leased job.
 
-    def __init__(self, lease: Lease, heartbeat: Heartbeat, store: ArtifactStore, *, project_id: str) -> None:
+    Each write is recorded only while the lease still holds the job (see loraq.jobs.runs); a
+    refused write means the job was cancelled or taken over, and stops the run at once.
+    """
+
+    def __init__(
+        self, lease: Lease, heartbeat: Heartbeat, store: ArtifactStore, *, project_id: str, scratch: Path
+    ) -> None:
         self.lease = lease
         self.heartbeat = heartbeat
         self.store = store
         self.project_id = project_id
+        self.scratch = scratch  # the job's own scratch space: a killed worker's is found and removed
+        self.progress: dict[str, Any] = {}
 
     def on_progress(self, progress: dict[str, Any]) -> None:
         with session_scope() as session:
-            lifecycle.record_progress(session, self.lease, progress)
+            self._check(runs.record_progress(session, self.lease, progress))
+        self.progress = progress
 
     def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        shown = ", ".join(
-            f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
-            for name, value in metrics.items()
-        )
         with session_scope() as session:
-            lifecycle.add_event(
-                session,
-                self.lease.job_id,
-                f"Step {step}: {shown}",
-                type="metrics",
-                data={"step": step, **metrics},
-            )
+            self._check(runs.record_metrics(session, self.lease, step=step, metrics=metrics))
+        losses = "".join(
+            f", {name} {metrics[name]:.4f}" for name in ("train_loss", "valid_loss") if name in metrics
+        )
+        speed = self.progress.get("tokens_per_second")
+        log.info(
+            "job %s step %d/%s%s%s",
+            self.lease.job_id,
+            step,
+            metrics.get("total_steps", "?"),
+            losses,
+            f", {speed:.0f} tokens/s" if speed is not None else "",
+        )
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
         """Store the whole checkpoint (to resume from) and its adapter alone (to download)."""
         resume_key = new_storage_key("checkpoints", ".tar.gz")
-        with tempfile.TemporaryDirectory(prefix="loraq-ckpt-") as scratch_dir:
+        with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.scratch) as scratch_dir:
             scratch = Path(scratch_dir)
-            pack_bundle(path, scratch / "resume.tar.gz")
+            pack_dir(path, scratch / "resume.tar.gz")
             self.store.put_file(resume_key, scratch / "resume.tar.gz")
-            adapter = scratch / "adapter"
-            adapter.mkdir()
-            for name in CHECKPOINT_ADAPTER_FILES:
-                if (path / name).is_file():
-                    shutil.copyfile(path / name, adapter / name)
-            bundle = scratch / f"{self.lease.job_id}-step-{step}-adapter.tar.gz"
-            pack_bundle(adapter, bundle)
-            with session_scope() as session:
-                result = files.create_result_file(
-                    session, project_id=self.project_id, filename=bundle.name, source=bundle, store=self.store
-                )
-                lifecycle.add_checkpoint(
-                    session,
-                    self.lease,
-                    step=step,
-                    metrics=metrics,
-                    storage_key=resume_key,
-                    result_file=result.id,
-                )
-                lifecycle.add_event(
-                    session,
-                    self.lease.job_id,
-                    f"Checkpoint saved at step {step}",
-                    data={"step": step, "result_file": result.id},
-                )
+            try:
+                adapter = scratch / "adapter"
+                adapter.mkdir()
+                for name in CHECKPOINT_ADAPTER_FILES:
+                    if (path / name).is_file():
+                        shutil.copyfile(path / name, adapter / name)
+                bundle = scratch / f"{self.lease.job_id}-step-{step}-adapter.tar.gz"
+                pack_dir(adapter, bundle)
+                # A refusal rolls back, which deletes the adapter bundle's blob too.
+                with session_scope() as session:
+                    result = files_service.create_result_file(
+                        session,
+                        project_id=self.project_id,
+                        filename=bundle.name,
+                        source=bundle,
+                        store=self.store,
+                    )
+                    self._check(
+                        runs.add_checkpoint(
+                            session,
+                            self.lease,
+                            step=step,
+                            metrics=metrics,
+                            storage_key=resume_key,
+                            result_file=result.id,
+                        )
+                    )
+            except BaseException:
+                self.store.delete(resume_key)
+                raise
+        log.info("job %s checkpoint saved at step %d", self.lease.job_id, step)
 
     def should_stop(self) -> bool:
         return not self.heartbeat.still_ours()
+
+    def _check(self, recorded: bool) -> None:
+        """Stop the run when a write was refused: the job is no longer this worker's."""
+        if not recorded:
+            self.heartbeat.lost.set()
+            raise TrainingStopped("the job stopped being ours; nothing more is recorded")

@@ -5,28 +5,32 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tarfile
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from loraq import files, lifecycle, repository
-from loraq.base_models import resolve_base_model
-from loraq.db import get_engine, session_scope
-from loraq.jobs import fine_tuned_model_name
-from loraq.lifecycle import Lease
-from loraq.models import Checkpoint, Job
-from loraq.queue import RUN_JOB_TASK
-from loraq.settings import get_settings
-from loraq.spec import AdapterSpec, ResolvedHyperparameters
-from loraq.storage import ArtifactStore, get_store
+from loraq.base_models.catalog import resolve_base_model
+from loraq.core.broker import RUN_JOB_TASK
+from loraq.core.db import get_engine, session_scope
+from loraq.core.logs import job_logging
+from loraq.core.repository import ping
+from loraq.core.settings import get_settings
+from loraq.files import repository as files_repository
+from loraq.files import service as files_service
+from loraq.jobs import repository as jobs_repository
+from loraq.jobs import runs
+from loraq.jobs.events import add_event
+from loraq.jobs.service import fine_tuned_model_name
+from loraq.jobs.spec import AdapterSpec, ResolvedHyperparameters
+from loraq.jobs.states import Lease
+from loraq.storage.archives import pack_dir, unpack
+from loraq.storage.scratch import scratch_dir
+from loraq.storage.stores import ArtifactStore, get_store
 from worker.celery_app import app
 from worker.heartbeat import Heartbeat
 
@@ -64,10 +68,20 @@ class JobSnapshot:
     time_limit=settings.max_job_runtime_seconds + 120,
 )
 def run_job(job_id: str) -> str:
+    """Run the job if it is ours to run, and log how it ended at that outcome's level.
+
+    It returns normally whatever the outcome, so Celery acks the message: the job's end is
+    recorded on the job, and a redelivery could only find it finished.
+    """
+    with job_logging(job_id):
+        return _run(job_id)
+
+
+def _run(job_id: str) -> str:
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     _wait_for_database()
     with session_scope() as session:
-        lease = lifecycle.claim(
+        lease = runs.claim(
             session,
             job_id,
             owner=owner,
@@ -76,41 +90,56 @@ def run_job(job_id: str) -> str:
             default_running_limit=settings.default_max_running_jobs,
         )
         if lease is None:
-            return "not claimable: finished, cancelled, or leased by a live worker"
+            log.info("job %s not claimed: finished, cancelled, or leased by a live worker", job_id)
+            return "not claimed"
         snapshot = _snapshot(session, job_id)
         started = (
             "Fine-tuning job started"
             if snapshot.attempt == 1
             else (f"Fine-tuning job restarted (attempt {snapshot.attempt})")
         )
-        lifecycle.add_event(session, job_id, started)
+        add_event(session, job_id, started)
+    log.info("job %s claimed (attempt %d)", job_id, snapshot.attempt)
     # Imported here, in the child that runs the job, so the parent process never starts torch's
     # thread pools before forking (a forked copy of a live OpenMP pool can hang).
     from worker.reporting import JobReporter
     from worker.training import TrainingStopped
 
+    _route_library_logs()
     store = get_store()
     with Heartbeat(
         lease, interval=settings.heartbeat_seconds, lease_seconds=settings.lease_seconds
     ) as heartbeat:
         try:
-            with tempfile.TemporaryDirectory(prefix=f"loraq-{job_id}-") as scratch:
-                outcome = _train(
-                    snapshot,
-                    Path(scratch),
-                    store,
-                    JobReporter(lease, heartbeat, store, project_id=snapshot.project_id),
+            with scratch_dir(settings.scratch_dir, job_id) as scratch:
+                reporter = JobReporter(
+                    lease, heartbeat, store, project_id=snapshot.project_id, scratch=scratch
                 )
+                outcome = _train(snapshot, scratch, store, reporter)
                 _publish_result(snapshot, lease, outcome, store)
-        except TrainingStopped:
-            log.info("job %s stopped: cancelled or its lease was taken", job_id)
+        except TrainingStopped as stopped:
+            log.info("job %s stopped, cancelled or taken over: %s", job_id, stopped)
             return "stopped"
         except Exception as error:
-            log.exception("job %s failed", job_id)
+            message = _readable(error)
+            log.error("job %s failed: %s", job_id, message, exc_info=True)
             with session_scope() as session:
-                lifecycle.fail(session, job_id, _readable(error), code="training_error", lease=lease)
+                runs.fail(session, job_id, message, code="training_error", lease=lease)
             return "failed"
+    log.info("job %s succeeded", job_id)
     return "succeeded"
+
+
+def _route_library_logs() -> None:
+    """transformers logs through this process's handlers (and format), and draws no progress bars."""
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    # A bar redraws with carriage returns; in a log file each redraw is one more WARNING line.
+    hf_logging.disable_progress_bar()
+    disable_progress_bars()
 
 
 def _wait_for_database() -> None:
@@ -123,7 +152,7 @@ def _wait_for_database() -> None:
     while True:
         try:
             with get_engine().connect() as connection:
-                connection.execute(text("SELECT 1"))
+                ping(connection)
             return
         except OperationalError:
             log.warning(
@@ -134,22 +163,21 @@ def _wait_for_database() -> None:
 
 
 def _snapshot(session: Session, job_id: str) -> JobSnapshot:
-    job = session.scalars(select(Job).where(Job.id == job_id)).one()
-    training = repository.get_file(session, project_id=job.project_id, file_id=job.training_file)
+    job = jobs_repository.get_job_for_worker(session, job_id)
+    training = files_repository.get_file(session, project_id=job.project_id, file_id=job.training_file)
     validation = (
-        repository.get_file(session, project_id=job.project_id, file_id=job.validation_file)
+        files_repository.get_file(session, project_id=job.project_id, file_id=job.validation_file)
         if job.validation_file
         else None
     )
-    newest = session.scalars(
-        select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step_number.desc()).limit(1)
-    ).first()
+    newest = jobs_repository.newest_checkpoint(session, job_id)
     return JobSnapshot(
         id=job.id,
         project_id=job.project_id,
         model=job.model,
         seed=job.seed,
-        hyperparameters=ResolvedHyperparameters.model_validate(job.hyperparameters),
+        # Checked and resolved at create: the stored spec is trusted as it is.
+        hyperparameters=ResolvedHyperparameters.model_construct(**job.hyperparameters),
         adapter=AdapterSpec.model_validate(job.adapter),
         dataset_format=training.format or "chat",
         training_key=training.storage_key,
@@ -162,7 +190,7 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
 
 def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobReporter) -> TrainingOutcome:
     """Fetch the inputs into scratch space and run the training script."""
-    from worker.training import TrainingRequest, train_adapter
+    from worker.training import TrainingRequest, TrainingStopped, train_adapter
 
     base = resolve_base_model(job.model, settings)
     train_path = scratch / "train.jsonl"
@@ -175,9 +203,9 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
     if job.checkpoint is not None:
         step, key = job.checkpoint
         resume_from = _unpack_checkpoint(store, key, scratch / "resume" / f"checkpoint-{step}")
-        reporter_note = f"Resuming from the checkpoint at step {step}"
         with session_scope() as session:
-            lifecycle.add_event(session, job.id, reporter_note, data={"resumed_from_step": step})
+            if not runs.resume(session, reporter.lease, from_step=step):
+                raise TrainingStopped("the job stopped being ours before it resumed")
     request = TrainingRequest(
         base_model_path=base.path or Path(base.name),
         base_model_name=base.name,
@@ -195,36 +223,35 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
 
 
 def _unpack_checkpoint(store: ArtifactStore, key: str, dest: Path) -> Path:
-    dest.mkdir(parents=True)
     archive = dest.parent / "checkpoint.tar.gz"
+    archive.parent.mkdir(parents=True, exist_ok=True)
     store.download(key, archive)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")  # "data" refuses links and paths outside dest
-    return dest
+    return unpack(archive, dest)
 
 
 def _publish_result(job: JobSnapshot, lease: Lease, outcome: TrainingOutcome, store: ArtifactStore) -> None:
     """Store the result bundles and mark the job succeeded, in one transaction, only if still ours."""
     from worker.training import TrainingStopped
-    from worker.training.export import pack_bundle
 
     outputs = {"adapter": outcome.bundle_dir, "merged": outcome.merged_dir}
     bundles = []
     for kind, directory in outputs.items():
         if directory is not None:
-            bundles.append(pack_bundle(directory, directory.parent / f"{job.id}-{kind}.tar.gz"))
+            bundles.append(pack_dir(directory, directory.parent / f"{job.id}-{kind}.tar.gz"))
     with session_scope() as session:
         results = [
-            files.create_result_file(
+            files_service.create_result_file(
                 session, project_id=job.project_id, filename=bundle.name, source=bundle, store=store
             )
             for bundle in bundles
         ]
-        won = lifecycle.succeed(
+        won = runs.succeed(
             session,
             lease,
             result_files=[result.id for result in results],
-            fine_tuned_model=fine_tuned_model_name(session, job.id),
+            fine_tuned_model=fine_tuned_model_name(
+                session, jobs_repository.get_job_for_worker(session, job.id)
+            ),
             trained_tokens=outcome.trained_tokens,
         )
         if not won:

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import platform
-import tarfile
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainerState
 
-from loraq.files import sha256_file
+from loraq.storage.hashing import sha256_file
+from worker.training.contracts import TrainingRequest
 from worker.training.model import free_memory, load_base
-
-if TYPE_CHECKING:
-    from worker.training.run import TrainingRequest
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "tokenizers", "safetensors")
 BASE_MODEL_FILES = ("config.json", "*.safetensors", "*.safetensors.index.json")
@@ -254,20 +250,3 @@ def _sequences(dataset: dict[str, Any], max_seq_len: int) -> str:
 
 def _loss(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
-
-
-def pack_bundle(src_dir: Path, dest_tar_gz: Path) -> Path:
-    """Pack src_dir's files at the archive root, byte-for-byte reproducibly: sorted, no times or owners."""
-    files = sorted((path for path in src_dir.rglob("*") if path.is_file()), key=lambda p: p.as_posix())
-    # mtime=0 and an empty name keep the gzip header free of the time and the local file name.
-    with (
-        dest_tar_gz.open("wb") as raw,
-        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed,
-        tarfile.open(fileobj=compressed, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
-        for path in files:
-            info = tarfile.TarInfo(path.relative_to(src_dir).as_posix())
-            info.size, info.mode = path.stat().st_size, 0o644
-            with path.open("rb") as file:
-                tar.addfile(info, file)
-    return dest_tar_gz

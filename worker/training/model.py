@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
-from loraq.spec import AdapterSpec, Quantization
+from loraq.jobs.spec import AdapterSpec, Quantization
 
 
 @dataclass

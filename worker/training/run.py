@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase, Trainer, set_seed
 
-from loraq.spec import AdapterSpec, ResolvedHyperparameters, held_out_indices
+from loraq.jobs.spec import held_out_indices
+from worker.training.contracts import Reporter, TrainingOutcome, TrainingRequest, TrainingStopped
 from worker.training.data import (
     TokenizedDataset,
     as_sequences,
@@ -20,48 +19,6 @@ from worker.training.data import (
 from worker.training.export import export_bundle, export_merged
 from worker.training.model import load_model, pick_device
 from worker.training.trainer import ReporterBridge, build_trainer
-
-
-@dataclass
-class TrainingRequest:
-    base_model_path: Path
-    base_model_name: str
-    train_path: Path  # validated JSONL
-    dataset_format: str  # "chat" | "prompt_completion" | "text"
-    validation_path: Path | None  # None: hyperparameters.validation_split, if set, holds some out
-    output_dir: Path  # scratch dir, worker-owned
-    hyperparameters: ResolvedHyperparameters
-    adapter: AdapterSpec
-    seed: int
-    resume_from: Path | None = None  # a checkpoint dir previously given to on_checkpoint
-    merged: bool = False  # also export the base with the adapter merged in (JobCreate.export.merged)
-
-
-class Reporter(Protocol):
-    """Where training reports to; the Celery task records it on the job."""
-
-    def on_progress(self, progress: dict[str, Any]) -> None: ...
-
-    def on_metrics(self, step: int, metrics: dict[str, Any]) -> None: ...
-
-    def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
-        """A complete checkpoint; later checkpoints may delete it, so copy it during the call."""
-        ...
-
-    def should_stop(self) -> bool: ...
-
-
-class TrainingStopped(Exception):
-    """should_stop() said stop (cancelled or lease lost)."""
-
-
-@dataclass
-class TrainingOutcome:
-    bundle_dir: Path  # the exported adapter dir (all bundle files)
-    trained_tokens: int
-    steps: int
-    metrics: dict[str, Any]  # final train_loss / eval_loss, and token accuracies where measured
-    merged_dir: Path | None = None  # the merged model's dir (safetensors + tokenizer), if asked
 
 
 def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutcome:
@@ -124,8 +81,6 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
     return TrainingOutcome(
         bundle_dir=bundle_dir,
         trained_tokens=state.num_input_tokens_seen,
-        steps=state.global_step,
-        metrics=metrics,
         merged_dir=merged_dir,
     )
 
@@ -143,15 +98,13 @@ def tokenized_datasets(
         max_seq_len=hp.max_seq_len,
         train_on_inputs=hp.train_on_inputs,
     )
+    # The job's create checked the combinations: a validation file or a split, never both, and
+    # a split only of a file with examples to spare.
     if request.validation_path is not None:
-        if hp.validation_split is not None:
-            raise ValueError("a job has a validation file or a validation_split, not both")
         return tokenize(request.train_path), tokenize(request.validation_path)
     if hp.validation_split is None:
         return tokenize(request.train_path), None
     held_out = held_out_indices(count_examples(request.train_path), hp.validation_split, request.seed)
-    if not held_out:
-        raise ValueError("validation_split needs at least 2 training examples")
     train = tokenize(request.train_path, keep=lambda index: index not in held_out)
     return train, tokenize(request.train_path, keep=held_out.__contains__)
 

@@ -21,11 +21,11 @@ from transformers import (
     TrainingArguments,
 )
 
-from loraq.spec import ResolvedHyperparameters
+from loraq.jobs.spec import ResolvedHyperparameters
 from worker.training.data import IGNORE_INDEX, TrainingData, data_collator
 
 if TYPE_CHECKING:
-    from worker.training.run import Reporter
+    from worker.training.contracts import Reporter
 
 # HF's "constant" ignores warmup; "constant_with_warmup" with zero warmup is the same as "constant".
 _SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -76,11 +76,12 @@ class ReporterBridge(TrainerCallback):
         self.latest |= {kept: logs[name] for name, kept in _LATEST.items() if name in logs}
         if "eval_loss" in logs:
             self.last_eval_step = state.global_step
+        # Progress first: the reporter's line for this step quotes its speed.
+        self._report_progress(state)
         # The end-of-run summary (the only log with "train_loss", a whole-run mean) goes to
         # metrics.jsonl, not to an event that would read as one more step.
         if "train_loss" not in logs:
             self.reporter.on_metrics(state.global_step, job_metrics(logs, state))
-        self._report_progress(state)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -88,9 +89,20 @@ class ReporterBridge(TrainerCallback):
         if self.reporter.should_stop():
             self.stopped = True
             control.should_training_stop = True
-            # The job is cancelled or no longer ours: no checkpoint or eval of this step.
-            control.should_save = control.should_evaluate = False
-        self._report_progress_if_due(state)
+        self._stay_quiet_once_stopped(control)
+        if not self.stopped:
+            self._report_progress_if_due(state)
+
+    def on_epoch_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # Stopping mid-epoch still ends the epoch, where the Trainer would save with save_strategy "epoch".
+        self._stay_quiet_once_stopped(control)
+
+    def _stay_quiet_once_stopped(self, control: TrainerControl) -> None:
+        """The job is cancelled or no longer ours: no log, eval or checkpoint of this step."""
+        if self.stopped:
+            control.should_log = control.should_save = control.should_evaluate = False
 
     def on_substep_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -119,7 +131,7 @@ class ReporterBridge(TrainerCallback):
             "total_steps": state.max_steps,
             "epoch": state.epoch,
             "train_loss": self.latest.get("train_loss"),
-            "eval_loss": self.latest.get("eval_loss"),
+            "valid_loss": self.latest.get("eval_loss"),
             "tokens_per_second": tokens_done / elapsed if elapsed > 0 else None,
             "eta_seconds": steps_left * elapsed / steps_done if steps_done else None,
         }

@@ -1,0 +1,85 @@
+"""`make serve`: prepare the database and base models, then run the API and a supervised worker.
+
+The API starts only once a job can be created: migrations ran and the base models exist, so the
+models are listed by the time the "loraq API on ..." line prints. The worker is restarted whenever
+it exits (killed, out of memory), with a growing pause if it keeps dying at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+BIN = Path(sys.executable).parent
+RESTART_PAUSE_SECONDS = (1, 2, 5, 10, 30)
+# A worker that ran this long before exiting was healthy: its next restart pauses the least.
+HEALTHY_RUN_SECONDS = 60
+
+stopping = threading.Event()
+
+
+def prepare() -> None:
+    """Migrate the database and build the demo base model, each once; both are idempotent."""
+    subprocess.run(
+        [sys.executable, "-c", "from loraq.core.migrate import upgrade_to_head; upgrade_to_head()"],
+        check=True,
+    )
+    subprocess.run([sys.executable, "-c", _ENSURE_MODELS], check=True)
+
+
+_ENSURE_MODELS = """
+from loraq.core.settings import get_settings
+from worker.demo_model import ensure_demo_model
+ensure_demo_model(get_settings().models_dir)
+"""
+
+
+def supervise_worker(current: list[subprocess.Popen[bytes]]) -> None:
+    """Run `loraq-worker`, and run it again whenever it exits, until we are stopping."""
+    failures = 0
+    while not stopping.is_set():
+        started = time.monotonic()
+        worker = subprocess.Popen([str(BIN / "loraq-worker")], start_new_session=True)
+        current[:] = [worker]
+        code = worker.wait()
+        if stopping.is_set():
+            return
+        failures = 0 if time.monotonic() - started > HEALTHY_RUN_SECONDS else failures + 1
+        pause = RESTART_PAUSE_SECONDS[min(failures, len(RESTART_PAUSE_SECONDS) - 1)]
+        print(f"loraq-worker exited with {code}; restarting it in {pause}s", file=sys.stderr, flush=True)
+        stopping.wait(pause)
+
+
+def main() -> int:
+    prepare()
+    workers: list[subprocess.Popen[bytes]] = []
+    supervisor = threading.Thread(target=supervise_worker, args=(workers,), daemon=True)
+    supervisor.start()
+    api = subprocess.Popen([str(BIN / "loraq-api")])
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        stopping.set()
+        api.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = api.wait()
+    stopping.set()
+    for worker in workers:
+        if worker.poll() is None:
+            worker.terminate()  # Celery's warm shutdown stops its pool children too
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
