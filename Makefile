@@ -3,25 +3,25 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # pip takes torch 2.13.0's CPU build from local disk here; pinning it first keeps the resolver
-# from pulling a multi-GB CUDA build. Dockerfile.gpu installs the CUDA one.
+# from pulling a multi-GB CUDA build; the Dockerfile's worker target installs the CUDA one.
 TORCH ?= torch==2.13.0
 
 .PHONY: install serve test lint typecheck bench clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
-	$(PIP) install --quiet -e '.[worker,test]'
+	$(PIP) install --quiet -c constraints.txt -e '.[worker,test]'
 	touch $@
 
 serve: install
-	VENV=$(VENV) ./scripts/serve.sh
+	$(PY) scripts/serve.py
 
 lint: install
-	$(VENV)/bin/ruff check loraq api worker tests migrations bench
+	$(VENV)/bin/ruff check loraq api worker tests bench scripts
 	$(VENV)/bin/mypy
 
 test: install lint

@@ -1,12 +1,15 @@
 """Faults injected for real against Postgres + Redis: a killed worker, a flushed broker, a restarted
-database, a 1 GiB upload. Each promise in the README's Guarantees section is one of these tests."""
+database, a 1 GiB upload. Each promise in the README's Guarantees section is one of these tests.
+
+The database and broker here are private servers (tests/services.py): stopping or flushing them leaves
+the machine's own, which the rest of the suite shares, alone.
+"""
 
 from __future__ import annotations
 
-import glob
 import json
 import math
-import subprocess
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -14,47 +17,96 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import redis
 
-from tests.conftest import REDIS_URL, upload
+from tests.conftest import FAST_TIMINGS
+from tests.helpers import (
+    POSTGRES_ADMIN_URL,
+    REDIS_URL,
+    all_pages,
+    create_job,
+    job_body,
+    jsonl,
+    method,
+    upload,
+)
+from tests.services import PostgresServer, RedisServer, private_postgres, private_redis
 from tests.stack import Stack, wait_for
 
-pytestmark = pytest.mark.parametrize("stack", ["postgres"], indirect=True)
 
-FINISHED = {"succeeded", "failed", "cancelled"}
+@pytest.fixture(scope="module")
+def postgres_server() -> Iterator[PostgresServer]:
+    with private_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with private_redis() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    demo_model: Path,
+    postgres_server: PostgresServer,
+    redis_server: RedisServer,
+) -> Iterator[Stack]:
+    """An API and a worker on the private servers (it replaces conftest's shared-server stack here)."""
+    home = tmp_path_factory.mktemp("faults")
+    shutil.copytree(demo_model, home / "models" / demo_model.name)
+    env = {
+        "LORAQ_HOME": str(home),
+        "LORAQ_DATABASE_URL": postgres_server.create_database("loraq"),
+        "LORAQ_BROKER_URL": redis_server.url,
+        **FAST_TIMINGS,
+    }
+    stack = Stack(name="faults", home=home, env=env)
+    stack.start_api()
+    stack.start_worker()
+    yield stack
+    stack.stop()
+
+
+def machine_services() -> tuple[object, object]:
+    """When the machine's Postgres started and which run its Redis is: a restart changes either."""
+    with psycopg.connect(POSTGRES_ADMIN_URL) as connection:
+        row = connection.execute("SELECT pg_postmaster_start_time()").fetchone()
+    assert row is not None
+    return row[0], redis.Redis.from_url(REDIS_URL).info("server")["run_id"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def machine_services_before() -> tuple[object, object]:
+    return machine_services()
 
 
 def slow_dataset(n: int) -> bytes:
     """Long examples, so each training step takes long enough to kill a worker in the middle."""
     answer = " ".join(f"token{i % 50}" for i in range(180))
-    lines = [
-        {
-            "messages": [
-                {"role": "user", "content": f"Say the sequence {i}."},
-                {"role": "assistant", "content": answer},
-            ]
-        }
-        for i in range(n)
-    ]
-    return "".join(json.dumps(line) + "\n" for line in lines).encode()
+    return jsonl(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say the sequence {i}."},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+            for i in range(n)
+        ]
+    )
 
 
-def events_of(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    return client.get(f"/v1/fine_tuning/jobs/{job_id}/events", params={"limit": 100}).json()["data"]
-
-
-def all_events(client: httpx.Client, job_id: str) -> list[dict[str, Any]]:
-    events, after = [], None
-    while True:
-        page = client.get(
-            f"/v1/fine_tuning/jobs/{job_id}/events",
-            params={"limit": 100, **({"after": after} if after else {})},
-        ).json()
-        events += page["data"]
-        if not page["has_more"]:
-            return events
-        after = page["data"][-1]["id"]
+def one_epoch_job(training_file: str) -> dict[str, Any]:
+    """A small LoRA job of one epoch: it succeeds soon after a worker takes it."""
+    return job_body(
+        training_file,
+        adapter={"type": "lora", "r": 2},
+        method=method(n_epochs=1, batch_size=4, max_seq_len=64),
+    )
 
 
 def newest_checkpoint_step(client: httpx.Client, job_id: str) -> int:
@@ -67,27 +119,11 @@ def test_killed_workers_lose_nothing(stack: Stack) -> None:
     planned_steps = epochs * math.ceil(examples / batch)
     with stack.client() as client:
         training = upload(client, slow_dataset(examples))
-        job = client.post(
-            "/v1/fine_tuning/jobs",
-            json={
-                "model": "loraq-tiny-demo",
-                "training_file": training["id"],
-                "seed": 3,
-                "adapter": {"type": "lora", "r": 4},
-                "method": {
-                    "type": "supervised",
-                    "supervised": {
-                        "hyperparameters": {
-                            "n_epochs": epochs,
-                            "batch_size": batch,
-                            "learning_rate": 1e-3,
-                            "max_seq_len": 512,
-                            "save_steps": 3,
-                        }
-                    },
-                },
-            },
-        ).json()
+        hyperparameters = method(
+            n_epochs=epochs, batch_size=batch, learning_rate=1e-3, max_seq_len=512, save_steps=3
+        )
+        body = job_body(training["id"], seed=3, adapter={"type": "lora", "r": 4}, method=hyperparameters)
+        job = create_job(client, body)
 
         last_checkpoint = 0
         for kill in range(kills):
@@ -107,12 +143,11 @@ def test_killed_workers_lose_nothing(stack: Stack) -> None:
                     stack.kill_worker(worker)  # SIGKILL to the worker's whole process group
             stack.start_worker()
 
-        done = stack.wait_for_job(job["id"], FINISHED, timeout=300)
-        assert done["status"] == "succeeded", (done["error"], stack.all_worker_logs())
+        done = stack.wait_for_success(job["id"], timeout=300)
         assert len(done["result_files"]) == 1
         assert done["progress"]["step"] == done["progress"]["total_steps"] == planned_steps
 
-        events = all_events(client, job["id"])
+        events = all_pages(client, f"/v1/fine_tuning/jobs/{job['id']}/events")
         messages = [e["message"] for e in events]
         assert messages.count("The job has successfully completed") == 1
         resumed = [e for e in events if e["message"].startswith("Resuming from the checkpoint at step")]
@@ -136,20 +171,11 @@ def no_worker(stack: Stack) -> Iterator[None]:
         stack.start_worker()
 
 
-def test_flushed_broker_loses_no_job(stack: Stack, no_worker: None) -> None:
+def test_flushed_broker_loses_no_job(stack: Stack, no_worker: None, redis_server: RedisServer) -> None:
     with stack.client() as client:
         training = upload(client, slow_dataset(4))
-        body = {
-            "model": "loraq-tiny-demo",
-            "training_file": training["id"],
-            "adapter": {"type": "lora", "r": 2},
-            "method": {
-                "type": "supervised",
-                "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_len": 64}},
-            },
-        }
-        job_ids = [client.post("/v1/fine_tuning/jobs", json=body).json()["id"] for _ in range(3)]
-    broker = redis.Redis.from_url(REDIS_URL)
+        job_ids = [create_job(client, one_epoch_job(training["id"]))["id"] for _ in range(3)]
+    broker = redis.Redis.from_url(redis_server.url)
     assert broker.llen("celery") >= 3, "the jobs were published before the flush"
     broker.flushdb()
     assert broker.llen("celery") == 0
@@ -157,36 +183,15 @@ def test_flushed_broker_loses_no_job(stack: Stack, no_worker: None) -> None:
     stack.start_worker()
     started = time.monotonic()
     for job_id in job_ids:
-        assert stack.wait_for_job(job_id, FINISHED, timeout=180)["status"] == "succeeded"
+        stack.wait_for_success(job_id, timeout=180)
     # The reconciler's promise: republished within a few of its intervals (2 s here), plus training.
     assert time.monotonic() - started < 150
 
 
-def postgres_cluster() -> tuple[str, str]:
-    [version_dir] = glob.glob("/etc/postgresql/*")
-    return Path(version_dir).name, "main"
-
-
-def pg_ctl(action: str) -> None:
-    version, cluster = postgres_cluster()
-    subprocess.run(
-        [
-            "pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            version,
-            cluster,
-            action,
-            *(["-m", "fast"] if action == "stop" else []),
-        ],
-        check=True,
-        capture_output=True,
-    )
-
-
-def test_database_restart_gives_503_then_recovers(stack: Stack) -> None:
+def test_database_restart_gives_503_then_recovers(stack: Stack, postgres_server: PostgresServer) -> None:
     with stack.client() as client:
         assert client.get("/v1/files").status_code == 200
-        pg_ctl("stop")
+        postgres_server.stop()
         try:
             for path in ("/v1/files", "/v1/fine_tuning/jobs", "/readyz"):
                 started = time.monotonic()
@@ -196,7 +201,7 @@ def test_database_restart_gives_503_then_recovers(stack: Stack) -> None:
                 assert error["type"] == "server_error" and error["code"] == "service_unavailable"
                 assert time.monotonic() - started < 15, "an outage is an answer, never a hang"
         finally:
-            pg_ctl("start")
+            postgres_server.start()
         wait_for(
             lambda: client.get("/v1/files").status_code == 200,
             timeout=60,
@@ -214,6 +219,7 @@ def rss_bytes(pid: int) -> int:
 
 def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
     assert stack.api is not None
+    api_pid = stack.api.pid
     boundary = "loraqboundary"
     line = (json.dumps({"text": "x" * 1000}) + "\n").encode()
     total = 1 << 30
@@ -229,14 +235,14 @@ def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
             yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    baseline = rss_bytes(stack.api.pid)
+    baseline = rss_bytes(api_pid)
     peak = baseline
     sampling = True
 
     def sample() -> None:
         nonlocal peak
         while sampling:
-            peak = max(peak, rss_bytes(stack.api.pid))
+            peak = max(peak, rss_bytes(api_pid))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample)
@@ -260,64 +266,24 @@ def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
     assert peak - baseline < 100 * 1024 * 1024, f"API memory grew by {(peak - baseline) >> 20} MiB"
 
 
-def redis_ctl(action: str) -> None:
-    if action == "stop":
-        subprocess.run(
-            ["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True
-        )
-        return
-    subprocess.run(
-        [
-            "redis-server",
-            "--daemonize",
-            "yes",
-            "--bind",
-            "127.0.0.1",
-            "-::1",
-            "--port",
-            "6379",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            "/var/lib/redis",
-            "--logfile",
-            "/var/log/redis/ci.log",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    wait_for(lambda: redis.Redis.from_url(REDIS_URL).ping(), timeout=30, what="redis to answer")
-
-
-def test_broker_outage_is_not_ready_but_loses_no_job(stack: Stack) -> None:
+def test_broker_outage_is_not_ready_but_loses_no_job(stack: Stack, redis_server: RedisServer) -> None:
     with stack.client() as client:
         training = upload(client, slow_dataset(4))
-        redis_ctl("stop")
+        redis_server.stop()
         try:
             ready = client.get("/readyz")
             assert ready.status_code == 503 and "broker" in ready.json()["error"]["message"]
             started = time.monotonic()
-            created = client.post(
-                "/v1/fine_tuning/jobs",
-                json={
-                    "model": "loraq-tiny-demo",
-                    "training_file": training["id"],
-                    "adapter": {"type": "lora", "r": 2},
-                    "method": {
-                        "type": "supervised",
-                        "supervised": {
-                            "hyperparameters": {"n_epochs": 1, "batch_size": 4, "max_seq_len": 64}
-                        },
-                    },
-                },
-                timeout=60,
-            )
+            created = client.post("/v1/fine_tuning/jobs", json=one_epoch_job(training["id"]), timeout=60)
             # Postgres is the source of truth: the job is stored even though nobody could be told yet.
             assert created.status_code == 200, created.text
             assert time.monotonic() - started < 30
         finally:
-            redis_ctl("start")
+            redis_server.start()
         wait_for(lambda: client.get("/readyz").status_code == 200, timeout=60, what="/readyz after redis")
-    assert stack.wait_for_job(created.json()["id"], FINISHED, timeout=180)["status"] == "succeeded"
+    stack.wait_for_success(created.json()["id"], timeout=180)
+
+
+def test_the_machines_services_were_left_alone(machine_services_before: tuple[object, object]) -> None:
+    """Last in this module: the faults above reached only the private servers."""
+    assert machine_services() == machine_services_before
