@@ -1,4 +1,4 @@
-"""The layering DESIGN.md promises: loraq imports neither api nor worker; api and worker never
+"""The layering the project keeps: loraq imports neither api nor worker; api and worker never
 import each other; the API process never imports torch; every SQL statement lives in a repository
 module; no two modules import each other, however indirectly."""
 

@@ -1,4 +1,4 @@
-"""The worker's Celery app: the shared configuration from `loraq.queue` and the worker's tasks."""
+"""The worker's Celery app: the shared configuration from `loraq.core.broker` and the worker's tasks."""
 
 from __future__ import annotations
 
