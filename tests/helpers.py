@@ -9,7 +9,10 @@ import io
 import json
 import os
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -251,3 +254,36 @@ def new_job(session: Session, project_name: str = "lifecycle-test") -> str:
     session.add(job)
     session.flush()
     return job.id
+
+
+# --- processes ---------------------------------------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+@contextmanager
+def peak_rss_growth(pid: int) -> Iterator[list[int]]:
+    """Samples a process's resident memory while the block runs; yields [growth], set at the end."""
+    baseline = peak = rss_bytes(pid)
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, rss_bytes(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    growth = [0]
+    try:
+        yield growth
+    finally:
+        sampling = False
+        sampler.join()
+        growth[0] = peak - baseline

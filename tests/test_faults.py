@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +29,7 @@ from tests.helpers import (
     job_body,
     jsonl,
     method,
+    peak_rss_growth,
     upload,
 )
 from tests.services import PostgresServer, RedisServer, private_postgres, private_redis
@@ -210,13 +210,6 @@ def test_database_restart_gives_503_then_recovers(stack: Stack, postgres_server:
         assert client.get("/readyz").status_code == 200
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
     assert stack.api is not None
     api_pid = stack.api.pid
@@ -235,35 +228,19 @@ def test_1gib_upload_is_refused_with_flat_memory(stack: Stack) -> None:
             yield chunk
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    baseline = rss_bytes(api_pid)
-    peak = baseline
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, rss_bytes(api_pid))
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        with stack.client() as client:
-            files_before = client.get("/v1/files").json()["data"]
-            # No Content-Length: the server has to count as the bytes arrive.
-            response = client.post(
-                "/v1/files",
-                content=body(),
-                timeout=300,
-                headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-            )
-            assert response.status_code == 413, response.text
-            assert response.json()["error"]["code"] == "payload_too_large"
-            assert client.get("/v1/files").json()["data"] == files_before
-    finally:
-        sampling = False
-        sampler.join()
-    assert peak - baseline < 100 * 1024 * 1024, f"API memory grew by {(peak - baseline) >> 20} MiB"
+    with peak_rss_growth(api_pid) as growth, stack.client() as client:
+        files_before = client.get("/v1/files").json()["data"]
+        # No Content-Length: the server has to count as the bytes arrive.
+        response = client.post(
+            "/v1/files",
+            content=body(),
+            timeout=300,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+        assert response.status_code == 413, response.text
+        assert response.json()["error"]["code"] == "payload_too_large"
+        assert client.get("/v1/files").json()["data"] == files_before
+    assert growth[0] < 100 * 1024 * 1024, f"API memory grew by {growth[0] >> 20} MiB"
 
 
 def test_broker_outage_is_not_ready_but_loses_no_job(stack: Stack, redis_server: RedisServer) -> None:

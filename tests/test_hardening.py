@@ -7,10 +7,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +19,7 @@ from sqlalchemy.orm import Session
 from api.errors import response_for
 from loraq.core.db import make_engine
 from loraq.files import repository as files_repository
-from tests.helpers import chat_dataset, job_body, method, upload
+from tests.helpers import chat_dataset, job_body, method, peak_rss_growth, upload
 from tests.stack import Stack
 
 MIB = 1 << 20
@@ -50,36 +46,6 @@ def form(*parts: bytes) -> bytes:
 
 
 # --- 1. no unauthenticated body is read; an upload streams through the validator ---
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
-@contextmanager
-def peak_rss_growth(pid: int) -> Iterator[list[int]]:
-    """Samples a process's resident memory while the block runs; yields [growth], set at the end."""
-    baseline = peak = rss_bytes(pid)
-    sampling = True
-
-    def sample() -> None:
-        nonlocal peak
-        while sampling:
-            peak = max(peak, rss_bytes(pid))
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    growth = [0]
-    try:
-        yield growth
-    finally:
-        sampling = False
-        sampler.join()
-        growth[0] = peak - baseline
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, Any]]:

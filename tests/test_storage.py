@@ -63,3 +63,15 @@ def test_local_store_writes_atomically(tmp_path: Path) -> None:
     key = new_storage_key("datasets")
     store.put_file(key, source)
     assert [p.name for p in (tmp_path / "root" / "datasets").iterdir()] == [key.split("/")[1]]
+
+
+def test_a_moved_file_is_stored_without_being_written_again(store: ArtifactStore, tmp_path: Path) -> None:
+    source = tmp_path / "spool.jsonl"
+    source.write_bytes(b'{"text": "hi"}\n' * 1000)
+    expected, inode = source.read_bytes(), source.stat().st_ino
+    key = new_storage_key("datasets", ".jsonl")
+    store.put_file(key, source, move=True)
+    assert b"".join(store.iter_bytes(key)) == expected
+    if isinstance(store, LocalStore):
+        # Renamed into place on the same filesystem: the very file the upload was spooled to.
+        assert store._path(key).stat().st_ino == inode and not source.exists()

@@ -76,7 +76,7 @@ class JobReporter:
         with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.scratch) as scratch_dir:
             scratch = Path(scratch_dir)
             pack_dir(path, scratch / "resume.tar.gz")
-            self.store.put_file(resume_key, scratch / "resume.tar.gz")
+            self.store.put_file(resume_key, scratch / "resume.tar.gz", move=True)
             try:
                 adapter = scratch / "adapter"
                 adapter.mkdir()

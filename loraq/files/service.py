@@ -81,7 +81,8 @@ def store_dataset(
     summary = received.summary
     check_storage(session, project_id=project_id, adding_bytes=summary.bytes, settings=settings)
     key = new_storage_key("datasets", ".jsonl")
-    store.put_file(key, received.path)
+    # The spool is moved into a local store, not copied: an upload is written once.
+    store.put_file(key, received.path, move=True)
     # A blob whose row never commits is deleted, so a failed request leaves nothing half-stored.
     after_rollback(session, partial(store.delete, key))
     file = File(
@@ -100,10 +101,8 @@ def store_dataset(
 def create_result_file(
     session: Session, *, project_id: str, filename: str, source: Path, store: ArtifactStore
 ) -> File:
-    """Store a worker's output (an adapter bundle) as a file the project can download."""
+    """Store a worker's output (an adapter bundle, moved out of its scratch space) as a downloadable file."""
     key = new_storage_key("results", ".tar.gz")
-    store.put_file(key, source)
-    after_rollback(session, partial(store.delete, key))
     file = File(
         project_id=project_id,
         filename=filename,
@@ -112,6 +111,8 @@ def create_result_file(
         sha256=sha256_file(source),
         storage_key=key,
     )
+    store.put_file(key, source, move=True)
+    after_rollback(session, partial(store.delete, key))
     return repository.add(session, file)
 
 

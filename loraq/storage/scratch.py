@@ -36,10 +36,19 @@ def scratch_dir(root: Path, label: str) -> Iterator[Path]:
 
 @contextmanager
 def scratch_file(root: Path, label: str, suffix: str = "") -> Iterator[IO[bytes]]:
-    """A private file under root, removed on exit, or at a later start if this process is killed."""
+    """A private file under root, removed on exit (unless moved away meanwhile), or at a later start if
+    this process is killed."""
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(prefix=owner_prefix(label), suffix=suffix, dir=root) as handle:
-        yield handle
+    path: Path | None = None
+    try:
+        with tempfile.NamedTemporaryFile(
+            prefix=owner_prefix(label), suffix=suffix, dir=root, delete=False
+        ) as handle:
+            path = Path(handle.name)
+            yield handle
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
 
 
 def remove_stale_scratch(root: Path) -> None:

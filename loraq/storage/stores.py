@@ -5,6 +5,7 @@ Keys are made by the server (`new_storage_key`), never from a filename.
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 from collections.abc import Iterator
@@ -32,7 +33,10 @@ def _checked(key: str) -> str:
 
 
 class ArtifactStore(Protocol):
-    def put_file(self, key: str, source: Path) -> None: ...
+    def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
+        """Store source's bytes under key; with move, source is the caller's to give up (it may be gone)."""
+        ...
+
     def download(self, key: str, dest: Path) -> None: ...
     def iter_bytes(self, key: str) -> Iterator[bytes]: ...
     def delete(self, key: str) -> None: ...
@@ -50,9 +54,17 @@ class LocalStore:
             raise ValueError(f"storage key escapes the store: {key!r}")
         return path
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            # Scratch space and the store share LORAQ_HOME by default: a rename writes nothing again.
+            try:
+                source.replace(path)
+                return
+            except OSError as error:
+                if error.errno != errno.EXDEV:  # another filesystem: copy, as without move
+                    raise
         partial = path.with_name(path.name + ".partial")
         shutil.copyfile(source, partial)
         partial.replace(path)
@@ -79,7 +91,7 @@ class S3Store:
     def _object(self, key: str) -> str:
         return f"{self.prefix}/{_checked(key)}" if self.prefix else _checked(key)
 
-    def put_file(self, key: str, source: Path) -> None:
+    def put_file(self, key: str, source: Path, *, move: bool = False) -> None:
         self.client.upload_file(str(source), self.bucket, self._object(key))
 
     def download(self, key: str, dest: Path) -> None:
