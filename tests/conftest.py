@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,9 +11,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import FAST_TIMINGS, POSTGRES_ADMIN_URL
+from tests.helpers import POSTGRES_ADMIN_URL
 from tests.services import private_redis
-from tests.stack import Stack
+from tests.stack import Stack, start_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -63,14 +62,6 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
-def _start_stack(name: str, home: Path, demo_model: Path, env: dict[str, str]) -> Stack:
-    shutil.copytree(demo_model, home / "models" / demo_model.name)
-    stack = Stack(name=name, home=home, env={"LORAQ_HOME": str(home), **FAST_TIMINGS, **env})
-    stack.start_api()
-    stack.start_worker()
-    return stack
-
-
 @pytest.fixture(scope="session", params=["embedded", "postgres"])
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, demo_model: Path
@@ -82,6 +73,6 @@ def stack(
             "LORAQ_DATABASE_URL": request.getfixturevalue("postgres_database"),
             "LORAQ_BROKER_URL": request.getfixturevalue("redis_url"),
         }
-    stack = _start_stack(request.param, tmp_path_factory.mktemp(request.param), demo_model, env)
+    stack = start_stack(request.param, tmp_path_factory.mktemp(request.param), demo_model, env)
     yield stack
     stack.stop()

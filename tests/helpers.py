@@ -112,6 +112,22 @@ def job_create(**fields: Any) -> JobCreate:
     return JobCreate.model_validate(job_body("file-1", **fields))
 
 
+def slow_dataset(n: int) -> bytes:
+    """Long examples, so each training step takes long enough to kill a worker in the middle."""
+    answer = " ".join(f"token{i % 50}" for i in range(180))
+    return jsonl(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"Say the sequence {i}."},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+            for i in range(n)
+        ]
+    )
+
+
 # --- the API ------------------------------------------------------------------------------------------
 
 
@@ -287,3 +303,8 @@ def peak_rss_growth(pid: int) -> Iterator[list[int]]:
         sampling = False
         sampler.join()
         growth[0] = peak - baseline
+
+
+def newest_checkpoint_step(client: httpx.Client, job_id: str) -> int:
+    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
+    return max((c["step_number"] for c in checkpoints), default=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import FINISHED
+from tests.helpers import FAST_TIMINGS, FINISHED
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -129,3 +130,12 @@ class Stack:
         job = self.wait_for_job(job_id, timeout=timeout)
         assert job["status"] == "succeeded", (job["error"], self.all_worker_logs())
         return job
+
+
+def start_stack(name: str, home: Path, demo_model: Path, env: dict[str, str]) -> Stack:
+    """An API and a worker under `home`, with the demo model and fast leases; env adds or overrides."""
+    shutil.copytree(demo_model, home / "models" / demo_model.name)
+    stack = Stack(name=name, home=home, env={"LORAQ_HOME": str(home), **FAST_TIMINGS, **env})
+    stack.start_api()
+    stack.start_worker()
+    return stack

@@ -9,31 +9,29 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 import redis
 
-from tests.conftest import FAST_TIMINGS
 from tests.helpers import (
     POSTGRES_ADMIN_URL,
     REDIS_URL,
     all_pages,
     create_job,
     job_body,
-    jsonl,
     method,
+    newest_checkpoint_step,
     peak_rss_growth,
+    slow_dataset,
     upload,
 )
 from tests.services import PostgresServer, RedisServer, private_postgres, private_redis
-from tests.stack import Stack, wait_for
+from tests.stack import Stack, start_stack, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -56,17 +54,11 @@ def stack(
     redis_server: RedisServer,
 ) -> Iterator[Stack]:
     """An API and a worker on the private servers (it replaces conftest's shared-server stack here)."""
-    home = tmp_path_factory.mktemp("faults")
-    shutil.copytree(demo_model, home / "models" / demo_model.name)
     env = {
-        "LORAQ_HOME": str(home),
         "LORAQ_DATABASE_URL": postgres_server.create_database("loraq"),
         "LORAQ_BROKER_URL": redis_server.url,
-        **FAST_TIMINGS,
     }
-    stack = Stack(name="faults", home=home, env=env)
-    stack.start_api()
-    stack.start_worker()
+    stack = start_stack("faults", tmp_path_factory.mktemp("faults"), demo_model, env)
     yield stack
     stack.stop()
 
@@ -84,22 +76,6 @@ def machine_services_before() -> tuple[object, object]:
     return machine_services()
 
 
-def slow_dataset(n: int) -> bytes:
-    """Long examples, so each training step takes long enough to kill a worker in the middle."""
-    answer = " ".join(f"token{i % 50}" for i in range(180))
-    return jsonl(
-        [
-            {
-                "messages": [
-                    {"role": "user", "content": f"Say the sequence {i}."},
-                    {"role": "assistant", "content": answer},
-                ]
-            }
-            for i in range(n)
-        ]
-    )
-
-
 def one_epoch_job(training_file: str) -> dict[str, Any]:
     """A small LoRA job of one epoch: it succeeds soon after a worker takes it."""
     return job_body(
@@ -107,11 +83,6 @@ def one_epoch_job(training_file: str) -> dict[str, Any]:
         adapter={"type": "lora", "r": 2},
         method=method(n_epochs=1, batch_size=4, max_seq_len=64),
     )
-
-
-def newest_checkpoint_step(client: httpx.Client, job_id: str) -> int:
-    checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
-    return max((c["step_number"] for c in checkpoints), default=0)
 
 
 def test_killed_workers_lose_nothing(stack: Stack) -> None:

@@ -16,8 +16,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import FAST_TIMINGS
-from tests.helpers import FAST_HYPERPARAMETERS, chat_dataset, create_job, job_body, method, upload
+from tests.helpers import (
+    FAST_HYPERPARAMETERS,
+    FAST_TIMINGS,
+    chat_dataset,
+    create_job,
+    job_body,
+    method,
+    upload,
+)
 from tests.stack import Stack, wait_for
 
 REPO = Path(__file__).resolve().parent.parent

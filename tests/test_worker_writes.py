@@ -22,7 +22,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from loraq.jobs import repository, runs
 from loraq.jobs.states import Lease
-from tests.conftest import _start_stack
 from tests.helpers import (
     FAST_HYPERPARAMETERS,
     all_pages,
@@ -33,10 +32,11 @@ from tests.helpers import (
     method,
     migrated_engine,
     new_job,
+    newest_checkpoint_step,
+    slow_dataset,
     upload,
 )
-from tests.stack import Stack, wait_for
-from tests.test_faults import newest_checkpoint_step, slow_dataset
+from tests.stack import Stack, start_stack, wait_for
 
 
 def lora_job(client: httpx.Client, training_file: str, **hyperparameters: Any) -> dict[str, Any]:
@@ -223,7 +223,7 @@ def test_a_killed_workers_scratch_is_removed(killed_and_resumed: KilledAndResume
 
 @pytest.fixture(scope="module")
 def json_logging_stack(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[Stack]:
-    stack = _start_stack(
+    stack = start_stack(
         "json-logs", tmp_path_factory.mktemp("json-logs"), demo_model, {"LORAQ_LOG_FORMAT": "json"}
     )
     yield stack

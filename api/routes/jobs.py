@@ -16,6 +16,7 @@ from loraq.core.errors import InvalidRequest
 from loraq.jobs import repository, service
 from loraq.jobs.spec import JobCreate, Metadata
 from loraq.jobs.states import JobStatus
+from loraq.jobs.tables import Job
 from loraq.projects.idempotency import create_once, fingerprint
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], route_class=JSONBodyRoute)
@@ -62,6 +63,7 @@ def estimate_job(
 def list_jobs(
     project_id: ProjectId,
     session: SessionDep,
+    settings: SettingsDep,
     after: Cursor = None,
     limit: Limit = 20,
     status: JobStatus | None = None,
@@ -75,14 +77,16 @@ def list_jobs(
         after=after,
         limit=limit,
     )
-    return list_of(page, JobPublic.model_validate)
+    details = service.status_details(session, page.items, settings=settings)
+    return list_of(page, lambda job: _public(job, details))
 
 
 @router.get("/{fine_tuning_job_id}", response_model=JobPublic)
-def get_job(fine_tuning_job_id: ObjectId, project_id: ProjectId, session: SessionDep) -> JobPublic:
-    return JobPublic.model_validate(
-        repository.get_job(session, project_id=project_id, job_id=fine_tuning_job_id)
-    )
+def get_job(
+    fine_tuning_job_id: ObjectId, project_id: ProjectId, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    job = repository.get_job(session, project_id=project_id, job_id=fine_tuning_job_id)
+    return _public(job, service.status_details(session, [job], settings=settings))
 
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)
@@ -121,6 +125,10 @@ def list_checkpoints(
 
 
 _METADATA = TypeAdapter(Metadata)
+
+
+def _public(job: Job, status_details: dict[str, str]) -> JobPublic:
+    return JobPublic.model_validate(job).model_copy(update={"status_details": status_details.get(job.id)})
 
 
 def _metadata_filter(raw: str | None) -> dict[str, str]:

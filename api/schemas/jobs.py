@@ -22,6 +22,8 @@ class JobPublic(PublicModel):
     organization_id: str = Field(validation_alias="project_id")
     model: str
     status: str
+    # loraq: why the job is not moving, when nothing can move it (no live worker to run or resume it).
+    status_details: str | None = None
     created_at: int
     finished_at: int | None
     training_file: str

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import secrets
 import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,33 @@ def _assumed_device(session: Session, settings: Settings) -> tuple[str, str]:
     if not workers:
         return estimate.GPU_ASSUMED, "bfloat16"
     return workers[0].device, workers[0].compute_dtype
+
+
+def status_details(session: Session, jobs: Sequence[Job], *, settings: Settings) -> dict[str, str]:
+    """Why each stalled job is not moving, by job id: nobody alive to run it, or to resume it.
+
+    Only the API can say so: with every worker dead, no worker is left to write an event.
+    """
+    now = time.time()
+    queued = [job for job in jobs if job.status == JobStatus.QUEUED]
+    orphaned = [
+        job
+        for job in jobs
+        if job.status == JobStatus.RUNNING and job.lease_expires_at is not None and job.lease_expires_at < now
+    ]
+    if not (queued or orphaned):
+        return {}
+    alive = bool(workers_service.live_workers(session, settings=settings))
+    details = {} if alive else {job.id: "waiting for a worker: no worker is alive" for job in queued}
+    for job in orphaned:
+        assert job.lease_expires_at is not None
+        since = datetime.fromtimestamp(job.lease_expires_at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        details[job.id] = f"its worker stopped answering (lease expired {since}); " + (
+            "another worker resumes it from its last checkpoint"
+            if alive
+            else "no worker is alive to resume it: it resumes from its last checkpoint when one starts"
+        )
+    return details
 
 
 def cancel_job(session: Session, *, project_id: str, job_id: str) -> Job:

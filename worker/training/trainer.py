@@ -134,6 +134,8 @@ class ReporterBridge(TrainerCallback):
             "valid_loss": self.latest.get("eval_loss"),
             "tokens_per_second": tokens_done / elapsed if elapsed > 0 else None,
             "eta_seconds": steps_left * elapsed / steps_done if steps_done else None,
+            # When these numbers were true: the job's estimated_finish is this plus eta_seconds.
+            "reported_at": time.time(),
         }
 
     def _report_progress(self, state: TrainerState) -> None:
