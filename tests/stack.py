@@ -110,9 +110,14 @@ class Stack:
         return "\n".join(self.logs(f"worker-{i}.log") for i in range(len(self.workers)))
 
     def wait_for_job(
-        self, job_id: str, statuses: Collection[str] = FINISHED, *, timeout: float = 240
+        self,
+        job_id: str,
+        statuses: Collection[str] = FINISHED,
+        *,
+        timeout: float = 240,
+        key: str | None = None,  # the job's project's key; default: the admin key's project
     ) -> dict[str, Any]:
-        with self.client() as client:
+        with self.client(key) as client:
 
             def reached() -> dict[str, Any] | None:
                 job: dict[str, Any] = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()

@@ -95,7 +95,15 @@ def test_a_checkpoint_resets_the_crash_budget(session: Session) -> None:
     for owner in ("a", "b", "c", "d"):
         lease = claim(session, job_id, owner, max_attempts=2)
         assert lease is not None, owner
-        runs.add_checkpoint(session, lease, step=1, metrics={}, storage_key="checkpoints/blob_x")
+        runs.add_checkpoint(
+            session,
+            lease,
+            step=1,
+            metrics={},
+            storage_key="checkpoints/blob_x",
+            resume_bytes=1,
+            keep_bundles=3,
+        )
         expire_lease(session, job_id)
     assert status(session, job_id) == "running"
 

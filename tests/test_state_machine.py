@@ -74,7 +74,13 @@ class JobLifecycle(RuleBasedStateMachine):
         if worker in self.leases:
             self._run(
                 lambda s: runs.add_checkpoint(
-                    s, self.leases[worker], step=1, metrics={}, storage_key="checkpoints/blob_x"
+                    s,
+                    self.leases[worker],
+                    step=1,
+                    metrics={},
+                    storage_key="checkpoints/blob_x",
+                    resume_bytes=1,
+                    keep_bundles=3,
                 )
             )
 

@@ -103,14 +103,17 @@ def test_every_route_with_an_id_hides_other_projects_objects(
         assert owner.get(f"/v1/files/{training['id']}").status_code == 200
 
 
-def test_project_limits_answer_429(stack: Stack) -> None:
+def project_key(stack: Stack, **project: Any) -> str:
+    """A new project's API key; project holds its name and limits."""
     with stack.client() as admin:
-        project = admin.post(
-            "/v1/projects", json={"name": "small", "max_queued_jobs": 1, "max_storage_bytes": 3000}
-        ).json()
-        secret = admin.post(f"/v1/projects/{project['id']}/api_keys").json()["value"]
-    with stack.client(secret) as client:
-        training = upload(client, chat_dataset(4))
+        created = admin.post("/v1/projects", json=project).json()
+        secret: str = admin.post(f"/v1/projects/{created['id']}/api_keys").json()["value"]
+    return secret
+
+
+def test_project_limits_answer_429(stack: Stack) -> None:
+    with stack.client(project_key(stack, name="small", max_storage_bytes=3000)) as client:
+        upload(client, chat_dataset(4))
         over = client.post(
             "/v1/files", files={"file": ("big.jsonl", chat_dataset(40))}, data={"purpose": "fine-tune"}
         )
@@ -118,6 +121,9 @@ def test_project_limits_answer_429(stack: Stack) -> None:
         assert "storage limit" in over.json()["error"]["message"]
         assert len(client.get("/v1/files").json()["data"]) == 1
 
+    # Queue limits in a project with room to store what its running job writes.
+    with stack.client(project_key(stack, name="few-queued", max_queued_jobs=1)) as client:
+        training = upload(client, chat_dataset(4))
         body = job_body(training["id"], adapter={"type": "lora"})
         running = create_job(client, body | {"method": method(n_epochs=50)})
         wait_for(

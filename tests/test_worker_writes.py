@@ -95,7 +95,10 @@ def test_no_write_lands_once_the_job_is_cancelled(leased_job: tuple[Session, Lea
     assert runs.cancel(session, lease.job_id)
     assert not runs.record_progress(session, lease, {"step": 2})
     assert not runs.record_metrics(session, lease, step=2, metrics={"train_loss": 1.4})
-    assert not runs.add_checkpoint(session, lease, step=2, metrics={}, storage_key="checkpoints/x")
+    refused = runs.add_checkpoint(
+        session, lease, step=2, metrics={}, storage_key="checkpoints/x", resume_bytes=1, keep_bundles=3
+    )
+    assert refused is None
     assert not runs.resume(session, lease, from_step=1)
     messages, checkpoints = recorded(session, lease)
     assert messages == [*before[0], "Job cancelled"] and checkpoints == []
@@ -106,7 +109,10 @@ def test_resuming_drops_the_metrics_past_the_checkpoint(leased_job: tuple[Sessio
     session, lease = leased_job
     for step in range(1, 7):
         assert runs.record_metrics(session, lease, step=step, metrics={"train_loss": 1.0 / step})
-    assert runs.add_checkpoint(session, lease, step=4, metrics={}, storage_key="checkpoints/x")
+    stale = runs.add_checkpoint(
+        session, lease, step=4, metrics={}, storage_key="checkpoints/x", resume_bytes=1, keep_bundles=3
+    )
+    assert stale == []
     assert runs.resume(session, lease, from_step=4)
     messages, _ = recorded(session, lease)
     assert [m.split(":")[0] for m in messages if m.startswith("Step ")] == [f"Step {i}" for i in range(1, 5)]

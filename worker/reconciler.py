@@ -1,4 +1,5 @@
-"""Publish jobs the broker may have lost, from a thread in the worker's main process.
+"""Publish jobs the broker may have lost, and delete what finished jobs no longer need, from a thread in
+the worker's main process.
 
 A thread and not a Celery task: with one task at a time per worker, a reconcile task would wait
 behind every multi-hour training run, and its periodic messages would pile up in the queue.
@@ -12,6 +13,7 @@ import threading
 from loraq.core.broker import publish_job
 from loraq.core.db import session_scope
 from loraq.jobs import runs
+from loraq.storage.stores import get_store
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,11 @@ def reconcile_once(*, republish_after: float) -> list[str]:
         publish_job(job_id)
     if job_ids:
         log.info("reconciler published %d job(s): %s", len(job_ids), ", ".join(job_ids))
+    # A finished job (succeeded, failed or cancelled, wherever that happened) resumes no more.
+    with session_scope() as session:
+        released = runs.release_finished_resume_states(session, delete=get_store().delete)
+    if released:
+        log.info("reconciler deleted the resume state of %d finished checkpoint(s)", released)
     return job_ids
 
 

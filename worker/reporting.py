@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from loraq.core.db import session_scope
+from loraq.core.db import after_commit, session_scope
+from loraq.core.settings import get_settings
 from loraq.files import service as files_service
 from loraq.jobs import runs
 from loraq.jobs.states import Lease
+from loraq.projects.service import check_storage
 from loraq.storage.archives import pack_dir
 from loraq.storage.stores import ArtifactStore, new_storage_key
 from worker.heartbeat import Heartbeat
@@ -40,9 +43,17 @@ class JobReporter:
     """
 
     def __init__(
-        self, lease: Lease, heartbeat: Heartbeat, store: ArtifactStore, *, project_id: str, scratch: Path
+        self,
+        lease: Lease,
+        heartbeat: Heartbeat,
+        store: ArtifactStore,
+        *,
+        project_id: str,
+        scratch: Path,
+        keep_bundles: int,
     ) -> None:
         self.lease = lease
+        self.keep_bundles = keep_bundles  # save_total_limit: checkpoints whose adapter stays downloadable
         self.heartbeat = heartbeat
         self.store = store
         self.project_id = project_id
@@ -75,8 +86,9 @@ class JobReporter:
         resume_key = new_storage_key("checkpoints", ".tar.gz")
         with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.scratch) as scratch_dir:
             scratch = Path(scratch_dir)
-            pack_dir(path, scratch / "resume.tar.gz")
-            self.store.put_file(resume_key, scratch / "resume.tar.gz", move=True)
+            resume = pack_dir(path, scratch / "resume.tar.gz")
+            resume_bytes = resume.stat().st_size
+            self.store.put_file(resume_key, resume, move=True)
             try:
                 adapter = scratch / "adapter"
                 adapter.mkdir()
@@ -87,23 +99,34 @@ class JobReporter:
                 pack_dir(adapter, bundle)
                 # A refusal rolls back, which deletes the adapter bundle's blob too.
                 with session_scope() as session:
+                    # Both count against the project's storage, under its lock until this commits.
+                    check_storage(
+                        session,
+                        project_id=self.project_id,
+                        adding_bytes=resume_bytes + bundle.stat().st_size,
+                        settings=get_settings(),
+                    )
                     result = files_service.create_result_file(
                         session,
                         project_id=self.project_id,
                         filename=bundle.name,
                         source=bundle,
                         store=self.store,
+                        settings=get_settings(),
                     )
-                    self._check(
-                        runs.add_checkpoint(
-                            session,
-                            self.lease,
-                            step=step,
-                            metrics=metrics,
-                            storage_key=resume_key,
-                            result_file=result.id,
-                        )
+                    stale = runs.add_checkpoint(
+                        session,
+                        self.lease,
+                        step=step,
+                        metrics=metrics,
+                        storage_key=resume_key,
+                        resume_bytes=resume_bytes,
+                        result_file=result.id,
+                        keep_bundles=self.keep_bundles,
                     )
+                    self._check(stale is not None)
+                    for key in stale or []:
+                        after_commit(session, partial(self.store.delete, key))
             except BaseException:
                 self.store.delete(resume_key)
                 raise

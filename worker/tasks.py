@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from loraq.base_models.catalog import resolve_base_model
 from loraq.core.broker import RUN_JOB_TASK
 from loraq.core.db import get_engine, session_scope
+from loraq.core.errors import LoraqError
 from loraq.core.logs import job_logging
 from loraq.core.repository import ping
 from loraq.core.settings import get_settings
@@ -113,7 +114,12 @@ def _run(job_id: str) -> str:
         try:
             with scratch_dir(settings.scratch_dir, job_id) as scratch:
                 reporter = JobReporter(
-                    lease, heartbeat, store, project_id=snapshot.project_id, scratch=scratch
+                    lease,
+                    heartbeat,
+                    store,
+                    project_id=snapshot.project_id,
+                    scratch=scratch,
+                    keep_bundles=snapshot.hyperparameters.save_total_limit,
                 )
                 outcome = _train(snapshot, scratch, store, reporter)
                 _publish_result(snapshot, lease, outcome, store)
@@ -122,9 +128,11 @@ def _run(job_id: str) -> str:
             return "stopped"
         except Exception as error:
             message = _readable(error)
+            # A limit the job ran into (its project's storage) keeps its own code; the rest is training's.
+            code = error.code if isinstance(error, LoraqError) and error.code else "training_error"
             log.error("job %s failed: %s", job_id, message, exc_info=True)
             with session_scope() as session:
-                runs.fail(session, job_id, message, code="training_error", lease=lease)
+                runs.fail(session, job_id, message, code=code, lease=lease)
             return "failed"
     log.info("job %s succeeded", job_id)
     return "succeeded"
@@ -182,7 +190,7 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
         dataset_format=training.format or "chat",
         training_key=training.storage_key,
         validation_key=validation.storage_key if validation else None,
-        checkpoint=(newest.step_number, newest.storage_key) if newest else None,
+        checkpoint=(newest.step_number, newest.storage_key) if newest and newest.storage_key else None,
         attempt=job.attempts,
         merged_export=bool((job.export or {}).get("merged")),
     )
@@ -241,7 +249,12 @@ def _publish_result(job: JobSnapshot, lease: Lease, outcome: TrainingOutcome, st
     with session_scope() as session:
         results = [
             files_service.create_result_file(
-                session, project_id=job.project_id, filename=bundle.name, source=bundle, store=store
+                session,
+                project_id=job.project_id,
+                filename=bundle.name,
+                source=bundle,
+                store=store,
+                settings=settings,
             )
             for bundle in bundles
         ]

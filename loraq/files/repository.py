@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from loraq.core.errors import NotFound
@@ -30,16 +30,19 @@ def list_files(
     return paginate(session, statement, File, after=after, limit=limit)
 
 
-def stored_bytes(session: Session, *, project_id: str) -> int:
-    """What the project's files take in the store."""
-    used = session.scalar(select(func.coalesce(func.sum(File.bytes), 0)).where(File.project_id == project_id))
-    return int(used or 0)
-
-
 def add(session: Session, file: File) -> File:
     session.add(file)
     session.flush()
     return file
+
+
+def delete_by_ids(session: Session, file_ids: list[str]) -> list[str]:
+    """Delete these files' rows; their storage keys, for the caller to delete once that commits."""
+    files = session.scalars(select(File).where(File.id.in_(file_ids))).all()
+    for file in files:
+        session.delete(file)
+    session.flush()
+    return [file.storage_key for file in files]
 
 
 def delete(session: Session, file: File) -> None:

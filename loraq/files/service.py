@@ -99,9 +99,19 @@ def store_dataset(
 
 
 def create_result_file(
-    session: Session, *, project_id: str, filename: str, source: Path, store: ArtifactStore
+    session: Session,
+    *,
+    project_id: str,
+    filename: str,
+    source: Path,
+    store: ArtifactStore,
+    settings: Settings,
 ) -> File:
-    """Store a worker's output (an adapter bundle, moved out of its scratch space) as a downloadable file."""
+    """Store a worker's output (an adapter bundle, moved out of its scratch space) as a downloadable file.
+
+    It counts against the project's storage like an upload: past the limit, a 429 the job fails with.
+    """
+    check_storage(session, project_id=project_id, adding_bytes=source.stat().st_size, settings=settings)
     key = new_storage_key("results", ".tar.gz")
     file = File(
         project_id=project_id,

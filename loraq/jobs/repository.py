@@ -77,9 +77,39 @@ def list_checkpoints(
 
 
 def newest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:
+    """The checkpoint a resumed run starts from: the newest that still has its resume state."""
     return session.scalars(
-        select(Checkpoint).where(Checkpoint.job_id == job_id).order_by(Checkpoint.step_number.desc()).limit(1)
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.storage_key.is_not(None))
+        .order_by(Checkpoint.step_number.desc())
+        .limit(1)
     ).first()
+
+
+def checkpoints_with_resume_state(session: Session, job_id: str) -> Sequence[Checkpoint]:
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.job_id == job_id, Checkpoint.storage_key.is_not(None))
+    ).all()
+
+
+def checkpoints_with_bundles(session: Session, job_id: str) -> Sequence[Checkpoint]:
+    """The job's checkpoints whose adapter is still a downloadable file, newest first."""
+    return session.scalars(
+        select(Checkpoint)
+        .where(Checkpoint.job_id == job_id, Checkpoint.result_file.is_not(None))
+        .order_by(Checkpoint.step_number.desc())
+    ).all()
+
+
+def finished_jobs_resume_states(session: Session, *, limit: int) -> Sequence[Checkpoint]:
+    """Checkpoints of finished jobs that still keep resume state, which nothing will read again."""
+    return session.scalars(
+        select(Checkpoint)
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Job.status.in_([s.value for s in TERMINAL]), Checkpoint.storage_key.is_not(None))
+        .order_by(Checkpoint.seq)
+        .limit(limit)
+    ).all()
 
 
 def list_fine_tuned_models(session: Session, *, project_id: str) -> Sequence[Job]:
@@ -142,13 +172,8 @@ def claimable() -> ColumnElement[bool]:
     )
 
 
-def lock_project_of(session: Session, job_id: str) -> None:
-    """Serialize claims within a project (a Postgres row lock): two workers can't both take its last slot."""
-    session.execute(
-        select(Project.id)
-        .where(Project.id == select(Job.project_id).where(Job.id == job_id).scalar_subquery())
-        .with_for_update()
-    )
+def project_of(session: Session, job_id: str) -> str | None:
+    return session.scalar(select(Job.project_id).where(Job.id == job_id))
 
 
 def under_running_limit(default_running_limit: int) -> ColumnElement[bool]:

@@ -8,15 +8,18 @@ whose job was cancelled or taken over changes nothing, however late its writes c
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, func
 from sqlalchemy.orm import Session
 
+from loraq.files import repository as files_repository
 from loraq.jobs import repository
 from loraq.jobs.events import add_event
 from loraq.jobs.states import JobStatus, Lease
 from loraq.jobs.tables import Checkpoint, Job
+from loraq.projects import repository as projects_repository
 
 
 def claim(
@@ -33,7 +36,11 @@ def claim(
     A job also waits (stays queued) while its project already runs as many jobs as it may.
     """
     now = time.time()
-    repository.lock_project_of(session, job_id)
+    project_id = repository.project_of(session, job_id)
+    if project_id is None:
+        return None
+    # Under the project's lock, as its other limits: two workers can't both take its last running slot.
+    projects_repository.lock(session, project_id)
     claimable = repository.claimable()
     won = repository.transition(
         session,
@@ -102,13 +109,24 @@ def add_checkpoint(
     step: int,
     metrics: dict[str, Any],
     storage_key: str,
+    resume_bytes: int,
     result_file: str | None = None,
-) -> bool:
-    """Record a stored checkpoint if still ours; True when it did (else the caller rolls back its blobs)."""
+    keep_bundles: int,
+) -> list[str] | None:
+    """Record a stored checkpoint if still ours, and let go of what it makes stale.
+
+    None when the job is no longer ours (the caller rolls back its blobs). Otherwise the storage keys
+    to delete once this commits: the older checkpoints' resume state (a run resumes from the newest
+    only) and the downloadable adapters of all but the newest `keep_bundles` checkpoints.
+    """
     # Progress was saved: a later crash is a new failure, not one more of the same. Attempts count
     # only the deaths in a row that saved nothing, so a long job survives many unrelated restarts.
     if not repository.lock_leased(session, lease, attempts=1):
-        return False
+        return None
+    stale = []
+    for older in repository.checkpoints_with_resume_state(session, lease.job_id):
+        stale.append(older.storage_key)
+        older.storage_key = None
     repository.add_checkpoint(
         session,
         Checkpoint(
@@ -116,16 +134,23 @@ def add_checkpoint(
             step_number=step,
             metrics=metrics,
             storage_key=storage_key,
+            resume_bytes=resume_bytes,
             result_file=result_file,
         ),
     )
+    session.flush()
+    pruned = repository.checkpoints_with_bundles(session, lease.job_id)[keep_bundles:]
+    pruned_files = [checkpoint.result_file for checkpoint in pruned if checkpoint.result_file]
+    for checkpoint in pruned:
+        checkpoint.result_file = None
+    stale += files_repository.delete_by_ids(session, pruned_files)
     add_event(
         session,
         lease.job_id,
         f"Checkpoint saved at step {step}",
         data={"step": step, "result_file": result_file},
     )
-    return True
+    return [key for key in stale if key is not None]
 
 
 def resume(session: Session, lease: Lease, *, from_step: int) -> bool:
@@ -179,6 +204,22 @@ def cancel(session: Session, job_id: str) -> bool:
     if won:
         add_event(session, job_id, "Job cancelled")
     return won
+
+
+def release_finished_resume_states(
+    session: Session, *, delete: Callable[[str], None], limit: int = 100
+) -> int:
+    """Delete the resume state that finished jobs still keep; how many were deleted.
+
+    Each blob goes before its row forgets it: a crash in between leaves a row pointing at nothing for
+    a job that never resumes, never a blob that nothing points at.
+    """
+    checkpoints = repository.finished_jobs_resume_states(session, limit=limit)
+    for checkpoint in checkpoints:
+        assert checkpoint.storage_key is not None
+        delete(checkpoint.storage_key)
+        checkpoint.storage_key = None
+    return len(checkpoints)
 
 
 def jobs_to_publish(session: Session, *, republish_after: float) -> list[str]:

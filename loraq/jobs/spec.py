@@ -6,7 +6,7 @@ import math
 import random
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
 
 from loraq.core.text import ID_PATTERN, PlainText
@@ -60,6 +60,11 @@ class Hyperparameters(_Strict):
     max_grad_norm: Annotated[float, Field(gt=0, le=100)] = 1.0
     save_steps: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="Checkpoint every N optimizer steps; None: at the end of each epoch."
+    )
+    save_total_limit: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=3,
+        description="Keep the downloadable adapters of the newest N checkpoints; older ones are deleted "
+        "(they count against the project's storage). The final result is always kept.",
     )
     logging_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
     train_on_inputs: bool = Field(
@@ -227,6 +232,8 @@ class JobCreate(_Strict):
     )
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    # Where the client put its hyperparameters, so that an error names the field it sent.
+    _hyperparameters_at: str = PrivateAttr(default="method.supervised.hyperparameters")
 
     @model_validator(mode="after")
     def _one_place_for_hyperparameters(self) -> JobCreate:
@@ -235,17 +242,19 @@ class JobCreate(_Strict):
                 "give hyperparameters in method.supervised.hyperparameters or at the top, not both",
                 field="hyperparameters",
             )
-        # Where the client put them, so that a broken rule names the field it sent.
-        given_at = "method.supervised.hyperparameters"
         if self.method is None:
             if self.hyperparameters is not None:
-                given_at = "hyperparameters"
+                self._hyperparameters_at = "hyperparameters"
             self.method = Method(
                 supervised=SupervisedMethod(hyperparameters=self.hyperparameters or Hyperparameters())
             )
             self.hyperparameters = None
-        self._validation_data_is_consistent(given_at)
+        self._validation_data_is_consistent(self._hyperparameters_at)
         return self
+
+    def hyperparameter_param(self, name: str) -> str:
+        """The request's path to a hyperparameter, where the client gave it: an error's param."""
+        return f"{self._hyperparameters_at}.{name}"
 
     def _validation_data_is_consistent(self, given_at: str) -> None:
         hp = self.requested_hyperparameters

@@ -79,7 +79,10 @@ class Checkpoint(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     step_number: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    storage_key: Mapped[str] = mapped_column(String(255))  # the full state to resume from
+    # The full state to resume from, and its size (it counts against the project's storage). None once
+    # deleted: only the newest checkpoint of a running job keeps it.
+    storage_key: Mapped[str | None] = mapped_column(String(255), default=None)
+    resume_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
     # The checkpoint's adapter as a downloadable bundle (a result file of the job's project).
     result_file: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from loraq.core.errors import NotFound
+from loraq.files.tables import File
+from loraq.jobs.tables import Checkpoint, Job
 from loraq.projects.tables import ApiKey, IdempotencyRecord, Project
 
 
@@ -28,6 +30,27 @@ def get_project(session: Session, project_id: str, *, for_update: bool = False) 
     if project is None:
         raise NotFound(f"No such project: {project_id}", param="project_id")
     return project
+
+
+def lock(session: Session, project_id: str) -> None:
+    """Hold the project's lock until the transaction ends: its limits are checked and used under it.
+
+    A no-op UPDATE, because it locks on both databases: the row on Postgres, the whole database for
+    writes on SQLite (whose driver opens a transaction only at the first write, and whose SELECT ...
+    FOR UPDATE locks nothing).
+    """
+    session.execute(update(Project).where(Project.id == project_id).values(name=Project.name))
+
+
+def stored_bytes(session: Session, *, project_id: str) -> int:
+    """What the project holds in the store: its files, and the resume state its jobs still keep."""
+    files = select(func.coalesce(func.sum(File.bytes), 0)).where(File.project_id == project_id)
+    resume_states = (
+        select(func.coalesce(func.sum(Checkpoint.resume_bytes), 0))
+        .join(Job, Job.id == Checkpoint.job_id)
+        .where(Job.project_id == project_id, Checkpoint.storage_key.is_not(None))
+    )
+    return int(session.scalar(files) or 0) + int(session.scalar(resume_states) or 0)
 
 
 def find_project_by_name(session: Session, name: str) -> Project | None:

@@ -9,7 +9,6 @@ from sqlalchemy.orm import Session
 
 from loraq.core.errors import TooManyRequests
 from loraq.core.settings import Settings
-from loraq.files import repository as files_repository
 from loraq.jobs import repository as jobs_repository
 from loraq.projects import repository
 from loraq.projects.keys import create_api_key
@@ -60,7 +59,8 @@ def revoke_key(session: Session, *, project_id: str, key_id: str) -> ApiKey:
 
 
 def check_can_queue(session: Session, *, project_id: str, settings: Settings) -> None:
-    """429 when the project already has as many queued jobs as it may."""
+    """429 when the project already has as many queued jobs as it may (checked under the project's lock)."""
+    repository.lock(session, project_id)
     project = get_project(session, project_id)
     limit = project.max_queued_jobs or settings.default_max_queued_jobs
     queued = jobs_repository.count_queued(session, project_id=project_id)
@@ -71,10 +71,14 @@ def check_can_queue(session: Session, *, project_id: str, settings: Settings) ->
 
 
 def check_storage(session: Session, *, project_id: str, adding_bytes: int, settings: Settings) -> None:
-    """429 when storing `adding_bytes` more would take the project past its storage limit."""
+    """429 when storing `adding_bytes` more would take the project past its storage limit.
+
+    Under the project's lock, held until the caller's commit: two uploads cannot both take the last room.
+    """
+    repository.lock(session, project_id)
     project = get_project(session, project_id)
     limit = project.max_storage_bytes or settings.default_max_storage_bytes
-    used = files_repository.stored_bytes(session, project_id=project_id)
+    used = repository.stored_bytes(session, project_id=project_id)
     if used + adding_bytes > limit:
         raise TooManyRequests(
             f"storing {adding_bytes} more bytes would exceed this project's storage limit of {limit} bytes "
