@@ -163,6 +163,32 @@ def test_what_would_fail_in_the_worker_is_refused_up_front(stack: Stack) -> None
             response, 400, param="method.supervised.hyperparameters.validation_split", mentions="at least 2"
         )
         assert counts(client) == before
+        # Every answer lies past max_seq_len: no example keeps a token to train on.
+        long_prompts = upload(
+            client,
+            jsonl(
+                [
+                    {"prompt": "Tell me the color of item number " * 8, "completion": f"blue {i}"}
+                    for i in range(4)
+                ]
+            ),
+        )
+        for body, param in (
+            (
+                job_body(long_prompts["id"], method=method(max_seq_len=16)),
+                "method.supervised.hyperparameters",
+            ),
+            (job_body(long_prompts["id"], hyperparameters={"max_seq_len": 16}), "hyperparameters"),
+        ):
+            response = client.post("/v1/fine_tuning/jobs", json=body)
+            assert_error(response, 400, param=f"{param}.max_seq_len", mentions="no example")
+        assert counts(client)[1] == before[1]
+        fits = client.post(
+            "/v1/fine_tuning/jobs", json=job_body(long_prompts["id"], method=method(max_seq_len=512))
+        )
+        assert fits.status_code == 200, fits.text
+        client.post(f"/v1/fine_tuning/jobs/{fits.json()['id']}/cancel")
+        before = counts(client)
         # A chat template reads each tool as an object: the upload refuses what it would choke on.
         tools = jsonl(
             [

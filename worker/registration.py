@@ -20,9 +20,9 @@ log = logging.getLogger(__name__)
 
 def probe_device() -> dict[str, str]:
     """The device and "auto" compute dtype, asked of a child so this process never imports torch."""
-    result = subprocess.run(
-        [sys.executable, "-m", "worker.device"], check=True, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "worker.device"], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not probe this worker's device:\n{result.stderr.strip()}")
     probed: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
     return probed
 

@@ -30,6 +30,7 @@ def create_job(
     project_id: ProjectId,
     session: SessionDep,
     settings: SettingsDep,
+    store: StoreDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Create and queue a job. A retry with the same Idempotency-Key and body makes no second job: it
@@ -37,7 +38,7 @@ def create_job(
     request_fingerprint = fingerprint(body.model_dump(mode="json"))
 
     def create() -> tuple[dict[str, Any], str]:
-        job = service.create_job(session, project_id=project_id, request=body, settings=settings)
+        job = service.create_job(session, project_id=project_id, request=body, settings=settings, store=store)
         return JobPublic.model_validate(job).model_dump(mode="json"), request_fingerprint
 
     answer = create_once(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -316,6 +316,20 @@ class DatasetValidator:
 def iter_examples(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
     """Yield the parsed examples of an already validated file, skipping blank lines."""
     with open(path, "rb") as file:
-        for raw in file:  # binary files split on b"\n" only, as the validator does
-            if raw.strip():
-                yield json.loads(raw)
+        yield from _parsed(file)  # binary files split on b"\n" only, as the validator does
+
+
+def examples_of_chunks(chunks: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The parsed examples of an already validated file read in chunks (from the store), as they come."""
+    rest = b""
+    for chunk in chunks:
+        lines = (rest + chunk).split(b"\n")
+        rest = lines.pop()
+        yield from _parsed(lines)
+    yield from _parsed([rest])
+
+
+def _parsed(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    for raw in lines:
+        if raw.strip():
+            yield json.loads(raw)

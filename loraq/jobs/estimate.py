@@ -17,7 +17,7 @@ from typing import Any
 from loraq.jobs.spec import AdapterSpec, JobCreate, Quantization, held_out_indices
 from loraq.tokens.chat_template import chat_template as chat_template  # re-exported for tests
 from loraq.tokens.counting import count_examples, tokenize_file
-from loraq.tokens.encoding import ExampleTokenizer
+from loraq.tokens.encoding import tokenizer_of
 from loraq.tokens.packing import pack_by_length
 
 # The linear layers of a Llama-style decoder layer, which LoRA can target; "all-linear" targets them all.
@@ -231,7 +231,7 @@ def estimate_job(
     train = tokenize_file(
         train_path,
         dataset_format,
-        ExampleTokenizer.from_model_dir(model_dir),
+        tokenizer_of(model_dir),
         max_seq_len=resolved.max_seq_len,
         train_on_inputs=resolved.train_on_inputs,
         keep=lambda index: index not in held_out,

@@ -20,20 +20,32 @@ from loraq.core.settings import Settings
 from loraq.files import repository as files_repository
 from loraq.files.service import DATASET_PURPOSE
 from loraq.files.tables import File
+from loraq.files.validation import examples_of_chunks
 from loraq.jobs import estimate, repository, runs
 from loraq.jobs.events import add_event
-from loraq.jobs.spec import JobCreate, held_out_count
+from loraq.jobs.spec import JobCreate, ResolvedHyperparameters, held_out_count, held_out_indices
 from loraq.jobs.states import JobStatus
 from loraq.jobs.tables import Job
 from loraq.projects.service import check_can_queue, get_project
 from loraq.storage.stores import ArtifactStore
+from loraq.tokens.chat_template import ChatTemplateError
+from loraq.tokens.counting import has_trainable_example
+from loraq.tokens.encoding import tokenizer_of
 from loraq.workers import service as workers_service
 
+# How long a create may spend looking for an example with something to train on (a good file: one example).
+CREATE_CHECK_SECONDS = 2.0
 
-def create_job(session: Session, *, project_id: str, request: JobCreate, settings: Settings) -> Job:
-    """Check the spec against the server's models and the project's files, store it, queue it."""
-    check_targets_exist(request, resolve_base_model(request.model, settings))
-    check_can_queue(session, project_id=project_id, settings=settings)
+
+def create_job(
+    session: Session, *, project_id: str, request: JobCreate, settings: Settings, store: ArtifactStore
+) -> Job:
+    """Check the spec against the server's models and the project's files, store it, queue it.
+
+    What would only fail in the worker minutes later is refused here, naming the field to change.
+    """
+    base = resolve_base_model(request.model, settings)
+    check_targets_exist(request, base)
     training = _dataset_file(session, project_id, request.training_file, param="training_file")
     if request.validation_file is not None:
         validation = _dataset_file(session, project_id, request.validation_file, param="validation_file")
@@ -48,10 +60,12 @@ def create_job(session: Session, *, project_id: str, request: JobCreate, setting
     if requested.validation_split is not None and held_out_count(examples, requested.validation_split) == 0:
         raise InvalidRequest(
             f"validation_split needs at least 2 training examples; {request.training_file} has {examples}",
-            param="method.supervised.hyperparameters.validation_split",
+            param=request.hyperparameter_param("validation_split"),
         )
     resolved = requested.resolve(n_examples=examples)
     seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+    check_something_to_train_on(request, base, training, resolved, seed=seed, store=store)
+    check_can_queue(session, project_id=project_id, settings=settings)  # takes the project's lock: last
     job = Job(
         project_id=project_id,
         model=request.model,
@@ -153,6 +167,45 @@ def cancel_job(session: Session, *, project_id: str, job_id: str) -> Job:
         )
     session.refresh(job)
     return job
+
+
+def check_something_to_train_on(
+    request: JobCreate,
+    base: BaseLLM,
+    training: File,
+    resolved: ResolvedHyperparameters,
+    *,
+    seed: int,
+    store: ArtifactStore,
+) -> None:
+    """400 when no training example keeps a token to train on after truncation, or one cannot be rendered.
+
+    Tokenized as the worker will (loraq.tokens), reading the file only until a trainable example turns
+    up, for at most CREATE_CHECK_SECONDS: past that the worker checks the rest.
+    """
+    if base.path is None:
+        return  # a hub model's tokenizer is only on its worker
+    held_out = held_out_indices(training.examples or 0, resolved.validation_split, seed)
+    try:
+        verdict = has_trainable_example(
+            examples_of_chunks(store.iter_bytes(training.storage_key)),
+            training.format or "chat",
+            tokenizer_of(base.path),
+            max_seq_len=resolved.max_seq_len,
+            train_on_inputs=resolved.train_on_inputs,
+            keep=lambda index: index not in held_out,
+            budget_seconds=CREATE_CHECK_SECONDS,
+        )
+    except ChatTemplateError as error:
+        raise InvalidRequest(
+            f"training_file: {base.name}'s chat template refuses an example: {error}", param="training_file"
+        ) from error
+    if verdict is False:
+        raise InvalidRequest(
+            f"no example of {training.id} keeps a token to train on after truncation to "
+            f"max_seq_len={resolved.max_seq_len}; raise max_seq_len or shorten the prompts",
+            param=request.hyperparameter_param("max_seq_len"),
+        )
 
 
 def check_targets_exist(request: JobCreate, base: BaseLLM) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loraq.files.validation import iter_examples
 from loraq.tokens.encoding import IGNORE_INDEX, ExampleTokenizer
@@ -62,12 +64,10 @@ def tokenize_file(
         if keep is not None and not keep(index):
             continue
         dataset.examples += 1
-        input_ids, labels = tokenizer.tokenize(record, dataset_format, train_on_inputs=train_on_inputs)
-        dataset.full_lengths.append(len(input_ids))
-        if len(input_ids) > max_seq_len:
-            dataset.truncated += 1
-            input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
-        label_tokens = sum(label != IGNORE_INDEX for label in labels[1:])
+        full_ids, full_labels = tokenizer.tokenize(record, dataset_format, train_on_inputs=train_on_inputs)
+        dataset.full_lengths.append(len(full_ids))
+        dataset.truncated += len(full_ids) > max_seq_len
+        input_ids, labels, label_tokens = trained_part(full_ids, full_labels, max_seq_len)
         if label_tokens == 0:
             dataset.dropped += 1
             continue
@@ -76,6 +76,42 @@ def tokenize_file(
         dataset.tokens += len(input_ids)
         dataset.label_tokens += label_tokens
     return dataset
+
+
+def trained_part(
+    input_ids: list[int], labels: list[int], max_seq_len: int
+) -> tuple[list[int], list[int], int]:
+    """What training keeps of an example: its first max_seq_len tokens and labels, and how many of those
+    labels count (not the first: labels shift by one inside the model, so it is never predicted)."""
+    input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
+    return input_ids, labels, sum(label != IGNORE_INDEX for label in labels[1:])
+
+
+def has_trainable_example(
+    records: Iterable[dict[str, Any]],
+    dataset_format: str,
+    tokenizer: ExampleTokenizer,
+    *,
+    max_seq_len: int,
+    train_on_inputs: bool,
+    keep: Callable[[int], bool] | None = None,
+    budget_seconds: float,
+) -> bool | None:
+    """Whether some example keeps a token to train on; None when the budget ran out before an answer.
+
+    Stops at the first such example, so a good file costs one example; only a file with nothing to
+    train on is read further, and never for longer than the budget.
+    """
+    deadline = time.monotonic() + budget_seconds
+    for index, record in enumerate(records):
+        if keep is not None and not keep(index):
+            continue
+        input_ids, labels = tokenizer.tokenize(record, dataset_format, train_on_inputs=train_on_inputs)
+        if trained_part(input_ids, labels, max_seq_len)[2]:
+            return True
+        if time.monotonic() > deadline:
+            return None
+    return False
 
 
 def count_examples(path: Path) -> int:

@@ -11,6 +11,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterable
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +296,17 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
     value = json.loads(path.read_text(encoding="utf-8"))
     return value if isinstance(value, dict) else {}
+
+
+def tokenizer_of(model_dir: Path) -> ExampleTokenizer:
+    """A base model's ExampleTokenizer, loaded once per process while its tokenizer files stay the same.
+
+    For the API, which asks for it on every create and estimate.
+    """
+    files = sorted([*model_dir.glob("*.json"), *model_dir.glob("*.jinja")])
+    return _loaded_tokenizer(model_dir.resolve(), tuple((p.name, p.stat().st_mtime_ns) for p in files))
+
+
+@lru_cache(maxsize=16)
+def _loaded_tokenizer(model_dir: Path, _files: tuple[tuple[str, int], ...]) -> ExampleTokenizer:
+    return ExampleTokenizer.from_model_dir(model_dir)
