@@ -308,3 +308,18 @@ def peak_rss_growth(pid: int) -> Iterator[list[int]]:
 def newest_checkpoint_step(client: httpx.Client, job_id: str) -> int:
     checkpoints = client.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").json()["data"]
     return max((c["step_number"] for c in checkpoints), default=0)
+
+
+def job_failing_in_the_worker(client: httpx.Client) -> dict[str, Any]:
+    """Create a job that passes every check at create and fails in the worker: its validation file
+    (which the create does not tokenize) has no token to evaluate on after truncation."""
+    hello = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    short = jsonl([{"messages": hello}] * 4)
+    too_long = jsonl([{"messages": [{"role": "system", "content": "context " * 40}, *hello]}] * 4)
+    body = job_body(
+        upload(client, short)["id"],
+        validation_file=upload(client, too_long)["id"],
+        adapter={"type": "lora", "r": 4},
+        method=method(**{**FAST_HYPERPARAMETERS, "max_seq_len": 24}),
+    )
+    return create_job(client, body)

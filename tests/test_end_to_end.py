@@ -19,7 +19,7 @@ from tests.helpers import (
     create_job,
     download_bundle,
     job_body,
-    jsonl,
+    job_failing_in_the_worker,
     method,
     read_manifest,
     upload,
@@ -162,28 +162,11 @@ def test_cancel_queued_job_is_immediate(stack: Stack) -> None:
 
 
 def test_training_error_fails_the_job_with_a_readable_error(stack: Stack) -> None:
-    # Every answer lies past max_seq_len, so no example has a token to learn from.
-    long_system = "context " * 40
-    content = jsonl(
-        [
-            {
-                "messages": [
-                    {"role": "system", "content": long_system},
-                    {"role": "user", "content": "hi"},
-                    {"role": "assistant", "content": "hello"},
-                ]
-            }
-            for _ in range(4)
-        ]
-    )
     with stack.client() as client:
-        training = upload(client, content)
-        job = create_job(client, fast_job(training["id"], {"type": "lora"}, max_seq_len=16))
+        job = job_failing_in_the_worker(client)
         done = stack.wait_for_job(job["id"])
         assert done["status"] == "failed" and done["result_files"] == []
         assert done["error"]["code"] == "training_error"
-        assert "max_seq_len" in done["error"]["message"] or "trainable" in done["error"]["message"], done[
-            "error"
-        ]
+        assert "max_seq_len" in done["error"]["message"], done["error"]
         events = client.get(f"/v1/fine_tuning/jobs/{done['id']}/events").json()["data"]
         assert any(e["level"] == "error" for e in events)

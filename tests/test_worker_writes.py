@@ -28,7 +28,7 @@ from tests.helpers import (
     chat_dataset,
     create_job,
     job_body,
-    jsonl,
+    job_failing_in_the_worker,
     method,
     migrated_engine,
     new_job,
@@ -238,23 +238,8 @@ def json_logging_stack(tmp_path_factory: pytest.TempPathFactory, demo_model: Pat
 
 def test_worker_logs_are_json_with_each_jobs_real_outcome(json_logging_stack: Stack) -> None:
     stack = json_logging_stack
-    # Every answer lies past max_seq_len, so no example has a token to learn from: the job fails.
-    unlearnable = jsonl(
-        [
-            {
-                "messages": [
-                    {"role": "system", "content": "context " * 40},
-                    {"role": "user", "content": "hi"},
-                    {"role": "assistant", "content": "hello"},
-                ]
-            }
-        ]
-        * 4
-    )
     with stack.client() as client:
-        failing = lora_job(
-            client, upload(client, unlearnable)["id"], **{**FAST_HYPERPARAMETERS, "max_seq_len": 16}
-        )
+        failing = job_failing_in_the_worker(client)
         passing = lora_job(client, upload(client, chat_dataset())["id"], **FAST_HYPERPARAMETERS)
         failed = stack.wait_for_job(failing["id"])
         succeeded = stack.wait_for_job(passing["id"])
