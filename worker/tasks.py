@@ -29,6 +29,7 @@ from loraq.jobs.events import add_event
 from loraq.jobs.service import fine_tuned_model_name
 from loraq.jobs.spec import AdapterSpec, ResolvedHyperparameters
 from loraq.jobs.states import Lease
+from loraq.jobs.tables import Job
 from loraq.storage.archives import pack_dir, unpack
 from loraq.storage.scratch import scratch_dir
 from loraq.storage.stores import ArtifactStore, get_store
@@ -49,7 +50,7 @@ class JobSnapshot:
 
     id: str
     project_id: str
-    model: str
+    base_model: str  # the base LLM, also when the job continues an ft: model
     seed: int
     hyperparameters: ResolvedHyperparameters
     adapter: AdapterSpec
@@ -57,6 +58,7 @@ class JobSnapshot:
     training_key: str
     validation_key: str | None
     checkpoint: tuple[int, str] | None  # (step, storage key) of the newest checkpoint
+    continues: tuple[str, str] | None  # (ft: model, storage key of its adapter bundle), when training further
     attempt: int
     merged_export: bool
 
@@ -182,7 +184,7 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
     return JobSnapshot(
         id=job.id,
         project_id=job.project_id,
-        model=job.model,
+        base_model=job.base_model,
         seed=job.seed,
         # Checked and resolved at create: the stored spec is trusted as it is.
         hyperparameters=ResolvedHyperparameters.model_construct(**job.hyperparameters),
@@ -191,16 +193,26 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
         training_key=training.storage_key,
         validation_key=validation.storage_key if validation else None,
         checkpoint=(newest.step_number, newest.storage_key) if newest and newest.storage_key else None,
+        continues=_parent_adapter(session, job),
         attempt=job.attempts,
         merged_export=bool((job.export or {}).get("merged")),
     )
+
+
+def _parent_adapter(session: Session, job: Job) -> tuple[str, str] | None:
+    """The ft: model a job trains further and where its adapter bundle is; None for a new adapter."""
+    if job.parent_job_id is None:
+        return None
+    parent = jobs_repository.get_job_for_worker(session, job.parent_job_id)
+    bundle = files_repository.get_file(session, project_id=job.project_id, file_id=parent.result_files[0])
+    return job.model, bundle.storage_key
 
 
 def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobReporter) -> TrainingOutcome:
     """Fetch the inputs into scratch space and run the training script."""
     from worker.training import TrainingRequest, TrainingStopped, train_adapter
 
-    base = resolve_base_model(job.model, settings)
+    base = resolve_base_model(job.base_model, settings)
     train_path = scratch / "train.jsonl"
     store.download(job.training_key, train_path)
     validation_path = None
@@ -210,10 +222,13 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
     resume_from = None
     if job.checkpoint is not None:
         step, key = job.checkpoint
-        resume_from = _unpack_checkpoint(store, key, scratch / "resume" / f"checkpoint-{step}")
+        resume_from = _unpack(store, key, scratch / "resume" / f"checkpoint-{step}")
         with session_scope() as session:
             if not runs.resume(session, reporter.lease, from_step=step):
                 raise TrainingStopped("the job stopped being ours before it resumed")
+    initial_adapter = None
+    if job.continues is not None:  # training an ft: model further starts from its adapter's weights
+        initial_adapter = _unpack(store, job.continues[1], scratch / "parent-adapter")
     request = TrainingRequest(
         base_model_path=base.path or Path(base.name),
         base_model_name=base.name,
@@ -226,12 +241,15 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
         seed=job.seed,
         resume_from=resume_from,
         merged=job.merged_export,
+        initial_adapter=initial_adapter,
+        continues=job.continues[0] if job.continues else None,
     )
     return train_adapter(request, reporter)
 
 
-def _unpack_checkpoint(store: ArtifactStore, key: str, dest: Path) -> Path:
-    archive = dest.parent / "checkpoint.tar.gz"
+def _unpack(store: ArtifactStore, key: str, dest: Path) -> Path:
+    """An archive from the store (a checkpoint, an adapter bundle), unpacked into dest."""
+    archive = dest.with_name(dest.name + ".tar.gz")
     archive.parent.mkdir(parents=True, exist_ok=True)
     store.download(key, archive)
     return unpack(archive, dest)

@@ -112,6 +112,13 @@ def finished_jobs_resume_states(session: Session, *, limit: int) -> Sequence[Che
     ).all()
 
 
+def get_fine_tuned(session: Session, *, project_id: str, name: str) -> Job | None:
+    """The project's succeeded job whose fine-tuned model has this name."""
+    return session.scalars(
+        readable_jobs(project_id).where(Job.fine_tuned_model == name, Job.status == JobStatus.SUCCEEDED.value)
+    ).one_or_none()
+
+
 def list_fine_tuned_models(session: Session, *, project_id: str) -> Sequence[Job]:
     return session.scalars(
         readable_jobs(project_id).where(Job.fine_tuned_model.is_not(None)).order_by(Job.seq.desc())

@@ -13,24 +13,20 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from loraq.base_models.catalog import BaseLLM, resolve_base_model
-from loraq.base_models.layers import linear_layer_names, unmatched_targets
 from loraq.core.broker import publish_after_commit
 from loraq.core.errors import Conflict, InvalidRequest, NotFound
 from loraq.core.settings import Settings
 from loraq.files import repository as files_repository
 from loraq.files.service import DATASET_PURPOSE
 from loraq.files.tables import File
-from loraq.files.validation import examples_of_chunks
 from loraq.jobs import estimate, repository, runs
+from loraq.jobs.checks import check_something_to_train_on, check_targets_exist, continued_adapter
 from loraq.jobs.events import add_event
-from loraq.jobs.spec import JobCreate, ResolvedHyperparameters, held_out_count, held_out_indices
+from loraq.jobs.spec import AdapterSpec, JobCreate, held_out_count
 from loraq.jobs.states import JobStatus
 from loraq.jobs.tables import Job
 from loraq.projects.service import check_can_queue, get_project
 from loraq.storage.stores import ArtifactStore
-from loraq.tokens.chat_template import ChatTemplateError
-from loraq.tokens.counting import has_trainable_example
-from loraq.tokens.encoding import tokenizer_of
 from loraq.workers import service as workers_service
 
 # How long a create may spend looking for an example with something to train on (a good file: one example).
@@ -44,8 +40,8 @@ def create_job(
 
     What would only fail in the worker minutes later is refused here, naming the field to change.
     """
-    base = resolve_base_model(request.model, settings)
-    check_targets_exist(request, base)
+    base, adapter, parent = resolve_model(session, project_id=project_id, request=request, settings=settings)
+    check_targets_exist(adapter, base)
     training = _dataset_file(session, project_id, request.training_file, param="training_file")
     if request.validation_file is not None:
         validation = _dataset_file(session, project_id, request.validation_file, param="validation_file")
@@ -69,6 +65,8 @@ def create_job(
     job = Job(
         project_id=project_id,
         model=request.model,
+        base_model=base.name,
+        parent_job_id=parent.id if parent else None,
         training_file=training.id,
         validation_file=request.validation_file,
         suffix=request.suffix,
@@ -76,7 +74,7 @@ def create_job(
         metadata_=request.metadata,
         method=request.method.model_dump(mode="json"),
         hyperparameters=resolved.model_dump(mode="json"),
-        adapter=request.adapter.model_dump(mode="json"),
+        adapter=adapter.model_dump(mode="json"),
         export=request.export.model_dump(mode="json"),
         # The files were validated at upload, so the job is ready for a worker at once.
         status=JobStatus.QUEUED.value,
@@ -94,8 +92,9 @@ def estimate_job(
     session: Session, *, project_id: str, request: JobCreate, settings: Settings, store: ArtifactStore
 ) -> dict[str, Any]:
     """What a job would cost, without queueing it: tokens, sequences, steps and peak memory."""
-    base = resolve_base_model(request.model, settings)
-    check_targets_exist(request, base)
+    base, adapter, _parent = resolve_model(session, project_id=project_id, request=request, settings=settings)
+    check_targets_exist(adapter, base)
+    request = request.model_copy(update={"adapter": adapter})
     if base.path is None:
         raise InvalidRequest(
             "estimates need the base model on this server's disk, not a hub id", param="model"
@@ -169,58 +168,35 @@ def cancel_job(session: Session, *, project_id: str, job_id: str) -> Job:
     return job
 
 
-def check_something_to_train_on(
-    request: JobCreate,
-    base: BaseLLM,
-    training: File,
-    resolved: ResolvedHyperparameters,
-    *,
-    seed: int,
-    store: ArtifactStore,
-) -> None:
-    """400 when no training example keeps a token to train on after truncation, or one cannot be rendered.
+def resolve_model(
+    session: Session, *, project_id: str, request: JobCreate, settings: Settings
+) -> tuple[BaseLLM, AdapterSpec, Job | None]:
+    """The base LLM a job trains on, its adapter, and the job it continues, if any.
 
-    Tokenized as the worker will (loraq.tokens), reading the file only until a trainable example turns
-    up, for at most CREATE_CHECK_SECONDS: past that the worker checks the rest.
+    A base model trains a new adapter. An ft: model of the caller's project (OpenAI lets a fine-tuned
+    model be fine-tuned) trains further from its adapter, on its base, keeping its adapter's shape.
     """
-    if base.path is None:
-        return  # a hub model's tokenizer is only on its worker
-    held_out = held_out_indices(training.examples or 0, resolved.validation_split, seed)
+    if not request.model.startswith("ft:"):
+        return resolve_base_model(request.model, settings), request.adapter, None
+    parent = repository.get_fine_tuned(session, project_id=project_id, name=request.model)
+    if parent is None:
+        raise InvalidRequest(
+            f"model {request.model!r} is not a fine-tuned model of this project; GET /v1/models lists them",
+            param="model",
+            code="model_not_found",
+        )
     try:
-        verdict = has_trainable_example(
-            examples_of_chunks(store.iter_bytes(training.storage_key)),
-            training.format or "chat",
-            tokenizer_of(base.path),
-            max_seq_len=resolved.max_seq_len,
-            train_on_inputs=resolved.train_on_inputs,
-            keep=lambda index: index not in held_out,
-            budget_seconds=CREATE_CHECK_SECONDS,
-        )
-    except ChatTemplateError as error:
+        files_repository.get_file(session, project_id=project_id, file_id=parent.result_files[0])
+    except (NotFound, IndexError) as missing:
         raise InvalidRequest(
-            f"training_file: {base.name}'s chat template refuses an example: {error}", param="training_file"
-        ) from error
-    if verdict is False:
-        raise InvalidRequest(
-            f"no example of {training.id} keeps a token to train on after truncation to "
-            f"max_seq_len={resolved.max_seq_len}; raise max_seq_len or shorten the prompts",
-            param=request.hyperparameter_param("max_seq_len"),
-        )
-
-
-def check_targets_exist(request: JobCreate, base: BaseLLM) -> None:
-    """400 when a target names no linear layer of a local base (a hub model is checked by its worker)."""
-    targets = request.adapter.target_modules
-    if base.path is None or targets == "all-linear":
-        return
-    missing = unmatched_targets(targets, linear_layer_names(base.path))
-    if missing:
-        layers = sorted({name.rsplit(".", 1)[-1] for name in linear_layer_names(base.path)})
-        raise InvalidRequest(
-            f"adapter.target_modules: {', '.join(missing)} match no linear layer of {base.name}; "
-            f'its linear layers are {", ".join(layers)} (or use "all-linear")',
-            param="adapter.target_modules",
-        )
+            f"model: the adapter of {request.model} (a result file of {parent.id}) was deleted",
+            param="model",
+            code="model_not_found",
+        ) from missing
+    parent_adapter = AdapterSpec.model_validate(parent.adapter)
+    given = request.adapter if "adapter" in request.model_fields_set else None
+    adapter = continued_adapter(given, parent_adapter, model=request.model)
+    return resolve_base_model(parent.base_model, settings), adapter, parent
 
 
 def _dataset_file(session: Session, project_id: str, file_id: str, *, param: str) -> File:
@@ -239,6 +215,6 @@ def _dataset_file(session: Session, project_id: str, file_id: str, *, param: str
 
 
 def fine_tuned_model_name(session: Session, job: Job) -> str:
-    """OpenAI's naming: ft:<base>:<project>:<suffix>:<job id>."""
+    """OpenAI's naming: ft:<base>:<project>:<suffix>:<job id>; the base LLM's name, even when continued."""
     project = get_project(session, job.project_id)
-    return f"ft:{job.model}:{project.name}:{job.suffix or ''}:{job.id}"
+    return f"ft:{job.base_model}:{project.name}:{job.suffix or ''}:{job.id}"

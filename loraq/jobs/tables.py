@@ -23,7 +23,10 @@ class Job(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftjob-"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
-    model: Mapped[str] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(255))  # as asked: a base model, or an ft: model to continue
+    base_model: Mapped[str] = mapped_column(String(255))  # the base LLM it trains on, whatever `model` is
+    # Continued training: the job whose adapter this one starts from.
+    parent_job_id: Mapped[str | None] = mapped_column(String(64), default=None)
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), default=None)
     suffix: Mapped[str | None] = mapped_column(String(64), default=None)

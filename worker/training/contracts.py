@@ -22,6 +22,9 @@ class TrainingRequest:
     seed: int
     resume_from: Path | None = None  # a checkpoint dir previously given to on_checkpoint
     merged: bool = False  # also export the base with the adapter merged in (JobCreate.export.merged)
+    # Continued training: the adapter bundle to start from, and the ft: model it is.
+    initial_adapter: Path | None = None
+    continues: str | None = None
 
 
 class Reporter(Protocol):

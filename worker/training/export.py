@@ -129,6 +129,7 @@ def build_manifest(
         "best_eval_step": state.best_global_step,  # the adapter's step when early stopping kept the best
         "metrics": metrics,
         "merged_export": request.merged,
+        "continues": request.continues,  # the ft: model this adapter was trained further from
     }
 
 

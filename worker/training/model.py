@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import (
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    prepare_model_for_kbit_training,
+    set_peft_model_state_dict,
+)
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 
@@ -38,8 +45,11 @@ def resolve_compute_dtype(requested: str, device: torch.device) -> torch.dtype:
     return getattr(torch, requested)
 
 
-def load_model(base_model_path: Path, adapter: AdapterSpec, device: torch.device) -> LoadedModel:
-    """The base model from local safetensors, quantized if the adapter is QLoRA, with fresh LoRA layers."""
+def load_model(
+    base_model_path: Path, adapter: AdapterSpec, device: torch.device, *, initial_adapter: Path | None = None
+) -> LoadedModel:
+    """The base model from local safetensors, quantized if the adapter is QLoRA, with LoRA layers: fresh, or
+    with the weights of `initial_adapter` (a bundle of the same shape) to train further."""
     compute_dtype = resolve_compute_dtype(adapter.effective_compute_dtype, device)
     base = load_base(
         base_model_path, compute_dtype, device, quantization_config(adapter.quantization, compute_dtype)
@@ -53,6 +63,12 @@ def load_model(base_model_path: Path, adapter: AdapterSpec, device: torch.device
         # Gradient checkpointing, if asked, is the Trainer's: non-reentrant, so no input-grad hook needed.
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     model = get_peft_model(base, lora_config(adapter))
+    if initial_adapter is not None:
+        weights = load_file(initial_adapter / "adapter_model.safetensors", device=str(device))
+        # The shape was checked at create; a weight of another name would be dropped, so refuse it here.
+        unexpected = set_peft_model_state_dict(model, weights).unexpected_keys  # type: ignore[attr-defined]
+        if unexpected:
+            raise ValueError(f"the adapter to continue does not fit this one: {sorted(unexpected)[:3]}")
     return LoadedModel(model=model, compute_dtype=compute_dtype, base_description=base_description)
 
 

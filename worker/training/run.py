@@ -34,7 +34,9 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
     train_sequences = sequences(train)
     validation_sequences = sequences(validation) if validation is not None else None
 
-    loaded = load_model(request.base_model_path, request.adapter, device)
+    loaded = load_model(
+        request.base_model_path, request.adapter, device, initial_adapter=request.initial_adapter
+    )
 
     bridge = ReporterBridge(reporter)
     trainer = build_trainer(
