@@ -259,6 +259,7 @@ def new_job(session: Session, project_name: str = "lifecycle-test") -> str:
     job = Job(
         project_id=project.id,
         model="m",
+        base_model="m",
         training_file="file-x",
         seed=1,
         method={},
