@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,18 @@ def test_qlora_bundle_loads_with_peft_and_changes_the_base(qlora_run: QloraRun, 
     before = logits(base, input_ids)
     adapted = PeftModel.from_pretrained(base, bundle)
     assert not torch.allclose(before, logits(adapted, input_ids), atol=1e-4)
+
+
+def test_the_model_cards_snippet_loads_the_adapter(qlora_run: QloraRun, demo_model: Path) -> None:
+    bundle = qlora_run[0].bundle_dir
+    [snippet] = re.findall(r"```python\n(.*?)```", (bundle / "README.md").read_text(), flags=re.DOTALL)
+    # A local base is named by where its reader copied it: the two placeholders the card asks to fill.
+    assert '"path/to/loraq-tiny-demo"' in snippet and "$LORAQ_HOME/models/loraq-tiny-demo" in snippet
+    filled = snippet.replace('"path/to/loraq-tiny-demo"', repr(str(demo_model)))
+    filled = filled.replace('"path/to/this/bundle"', repr(str(bundle)))
+    namespace: dict[str, Any] = {}
+    exec(filled, namespace)  # the reader's code, as the card prints it
+    assert isinstance(namespace["model"], PeftModel)
 
 
 def test_pack_dir_is_reproducible_with_files_at_the_root(qlora_run: QloraRun, tmp_path: Path) -> None:

@@ -202,11 +202,20 @@ Final train loss: {train_loss}. Final eval loss: {eval_loss}.
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-base = AutoModelForCausalLM.from_pretrained("{name}")
+{base_source}
+base = AutoModelForCausalLM.from_pretrained(base_model)
 model = PeftModel.from_pretrained(base, "path/to/this/bundle")
 tokenizer = AutoTokenizer.from_pretrained("path/to/this/bundle")
 ```
 """
+
+# The base's own name loads only a hub model; a server's local base is a directory the reader must copy.
+_LOCAL_BASE = (
+    "# A copy of the base model directory {name} (config.json and safetensors; revision {revision}):\n"
+    "# on the loraq server that trained this adapter, $LORAQ_HOME/models/{name}.\n"
+    'base_model = "path/to/{name}"'
+)
+_HUB_BASE = 'base_model = "{name}"  # the hub model, at the revision recorded in manifest.json'
 
 
 def model_card(request: TrainingRequest, manifest: dict[str, Any]) -> str:
@@ -216,6 +225,9 @@ def model_card(request: TrainingRequest, manifest: dict[str, Any]) -> str:
     targets = adapter.target_modules
     return _MODEL_CARD.format(
         name=request.base_model_name,
+        base_source=(_LOCAL_BASE if request.base_model_path.is_dir() else _HUB_BASE).format(
+            name=request.base_model_name, revision=manifest["base_model"]["revision"]
+        ),
         adapter_type=adapter.type,
         revision=manifest["base_model"]["revision"],
         r=adapter.r,
