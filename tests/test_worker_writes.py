@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -269,3 +271,26 @@ def test_worker_logs_are_json_with_each_jobs_real_outcome(json_logging_stack: St
     assert {r["level"] for r in step_lines} == {"INFO"}
     assert all(r["job_id"] == passing["id"] for r in step_lines)
     assert not any("Loading weights" in r["message"] or "it/s]" in r["message"] for r in records)
+
+
+def test_an_api_killed_mid_upload_leaves_nothing_behind(tmp_path: Path, demo_model: Path) -> None:
+    """Upload spools live under $LORAQ_HOME/scratch, named by their process: a dead one's go at start."""
+    home = tmp_path / "home"
+    scratch = home / "scratch"
+    scratch.mkdir(parents=True)
+    # What an API process killed mid-upload leaves: its spool, named for a pid that no longer runs.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = scratch / f"upload@{socket.gethostname()}@{dead.pid}@abc123.jsonl"
+    stale.write_bytes(b'{"text": "half an upload"}\n' * 1000)
+    stack = start_stack("spools", home, demo_model, {})
+    try:
+        assert not stale.exists(), "the API removes a dead process's spool when it starts"
+        in_tmp = set(Path(tempfile.gettempdir()).iterdir())
+        with stack.client() as client:
+            upload(client, chat_dataset(4))
+        # A finished upload's spool is gone too (renamed into the store), and nothing went to /tmp.
+        assert list(scratch.glob("upload@*")) == []
+        assert [p for p in set(Path(tempfile.gettempdir()).iterdir()) - in_tmp if "upload" in p.name] == []
+    finally:
+        stack.stop()
