@@ -64,13 +64,14 @@ def main() -> int:
     api = subprocess.Popen([str(BIN / "loraq-api")])
 
     def stop(_signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
+        # Nothing that takes a lock: a second signal (kill of the whole group, then Ctrl-C) can land while
+        # the first handler holds it, and the process would wait on itself forever.
         api.terminate()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     code = api.wait()
-    stopping.set()
+    stopping.set()  # the API is gone: the supervisor restarts no more workers
     for worker in workers:
         if worker.poll() is None:
             worker.terminate()  # Celery's warm shutdown stops its pool children too

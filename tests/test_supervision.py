@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,11 +73,12 @@ def served(tmp_path: Path) -> Iterator[Served]:
     try:
         yield served
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a test may have stopped it already
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_a_job_can_be_created_as_soon_as_the_api_announces_itself(served: Served) -> None:
@@ -119,3 +121,18 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_make_serve_stops_with_all_its_processes_however_it_is_signalled(served: Served) -> None:
+    wait_for(lambda: _answers(served.url + "/readyz"), timeout=300, what="/readyz to say ready")
+    children = psutil.Process(served.process.pid).children(recursive=True)
+    # The whole group at once (a terminal's Ctrl-C, a test's killpg), then the supervisor again at once.
+    os.killpg(served.process.pid, signal.SIGINT)
+    for child in children:
+        if "serve.py" in " ".join(child.cmdline()):
+            for _ in range(5):
+                os.kill(child.pid, signal.SIGTERM)
+    served.process.wait(timeout=90)
+    # Nothing left behind: the API, the worker (in its own session) and its pool children are gone.
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
