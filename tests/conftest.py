@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import POSTGRES_ADMIN_URL
 from tests.services import private_redis
+from tests.smollm2_cache import cached_smollm2
 from tests.stack import Stack, start_stack
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +24,12 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from worker.demo_model import ensure_demo_model
 
     return ensure_demo_model(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> Path:
+    """SmolLM2-135M-Instruct converted from its GGUF, once per checkout (cached under var/test-cache)."""
+    return cached_smollm2()
 
 
 @contextmanager

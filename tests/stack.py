@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from tests.helpers import FAST_TIMINGS, FINISHED
+from tests.smollm2_cache import link_smollm2
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -140,6 +141,7 @@ class Stack:
 def start_stack(name: str, home: Path, demo_model: Path, env: dict[str, str]) -> Stack:
     """An API and a worker under `home`, with the demo model and fast leases; env adds or overrides."""
     shutil.copytree(demo_model, home / "models" / demo_model.name)
+    link_smollm2(home / "models")  # converted once per checkout, not at every deployment's first start
     stack = Stack(name=name, home=home, env={"LORAQ_HOME": str(home), **FAST_TIMINGS, **env})
     stack.start_api()
     stack.start_worker()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.smollm2_cache import link_smollm2
 from tests.stack import free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,6 +20,8 @@ def test_make_serve_runs_the_embedded_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORAQ_")}
     env.update(PORT=str(port), LORAQ_HOME=str(home))
+    # The conversion itself is tests/test_smollm2.py's; here it is the cached one, listed like a built one.
+    link_smollm2(home / "models")
     log = (tmp_path / "serve.log").open("wb")
     serve = subprocess.Popen(
         ["make", "serve"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -43,7 +46,7 @@ def test_make_serve_runs_the_embedded_default(tmp_path: Path) -> None:
             what="the demo model",
         )
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers).json()["data"]
-        assert "loraq-tiny-demo" in [m["id"] for m in models]
+        assert {"loraq-tiny-demo", "smollm2-135m-instruct"} <= {m["id"] for m in models}
         # Ready once the worker has registered (tests/test_supervision.py times this more closely).
         wait_for(
             lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200,

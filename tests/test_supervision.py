@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.smollm2_cache import link_smollm2
 from tests.stack import free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +61,7 @@ def served(tmp_path: Path) -> Iterator[Served]:
         LORAQ_LEASE_SECONDS="6",
         LORAQ_RECONCILE_SECONDS="2",
     )
+    link_smollm2(home / "models")  # converted once per checkout, not by every fresh `make serve`
     log = tmp_path / "serve.log"
     process = subprocess.Popen(
         ["make", "serve"],

