@@ -191,6 +191,8 @@ class RecordingReporter:
         self.progress: list[dict[str, Any]] = []
         self.metrics: list[tuple[int, dict[str, Any]]] = []
         self.checkpoints: list[tuple[int, Path, dict[str, Any]]] = []
+        self.baseline: tuple[dict[str, Any] | None, list[dict[str, Any]]] | None = None
+        self.evaluations: list[tuple[int, dict[str, Any] | None, list[dict[str, Any]]]] = []
         self.stop_checks = 0
         self.stop_after = stop_after
 
@@ -202,6 +204,14 @@ class RecordingReporter:
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
         self.checkpoints.append((step, path, metrics))
+
+    def on_baseline(self, evaluation: dict[str, Any] | None, base_samples: list[dict[str, Any]]) -> None:
+        self.baseline = (evaluation, base_samples)
+
+    def on_evaluation(
+        self, step: int, evaluation: dict[str, Any] | None, samples: list[dict[str, Any]]
+    ) -> None:
+        self.evaluations.append((step, evaluation, samples))
 
     def should_stop(self) -> bool:
         self.stop_checks += 1

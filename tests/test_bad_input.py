@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import chat_dataset, job_body, jsonl, method, upload
+from tests.helpers import all_pages, chat_dataset, job_body, jsonl, method, upload
 from tests.stack import Stack
 
 
@@ -25,7 +25,7 @@ def stored_blobs(stack: Stack) -> set[Path]:
 
 
 def counts(client: httpx.Client) -> tuple[int, int]:
-    files = client.get("/v1/files").json()["data"]
+    files = all_pages(client, "/v1/files")  # every file: a page is 20 by default
     jobs = client.get("/v1/fine_tuning/jobs", params={"limit": 100}).json()["data"]
     return len(files), len(jobs)
 
@@ -137,6 +137,7 @@ def test_unknown_ids_are_404_in_the_error_shape(stack: Stack) -> None:
             "/v1/fine_tuning/jobs/ftjob-nope",
             "/v1/fine_tuning/jobs/ftjob-nope/events",
             "/v1/fine_tuning/jobs/ftjob-nope/checkpoints",
+            "/v1/fine_tuning/jobs/ftjob-nope/samples",
         ):
             response = client.get(path)
             assert response.status_code == 404, path

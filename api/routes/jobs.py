@@ -1,4 +1,4 @@
-"""/v1/fine_tuning/jobs: create, list, read, cancel, events, checkpoints."""
+"""/v1/fine_tuning/jobs: create, list, read, cancel, events, checkpoints, samples."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import TypeAdapter, ValidationError
 from api.bodies import JSONBodyRoute, parse_json
 from api.deps import Cursor, IdempotencyKey, ObjectId, ProjectId, SessionDep, SettingsDep, StoreDep
 from api.schemas.common import ListPublic, list_of
-from api.schemas.jobs import CheckpointPublic, EventPublic, JobPublic
+from api.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, SamplePublic
 from loraq.core.errors import InvalidRequest
 from loraq.jobs import repository, service
 from loraq.jobs.spec import JobCreate, Metadata
@@ -69,6 +69,10 @@ def list_jobs(
     limit: Limit = 20,
     status: JobStatus | None = None,
     metadata: Annotated[str | None, Query(description='JSON object, e.g. {"team":"search"}')] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=200, description="Search: part of the id, suffix, model or a metadata value."),
+    ] = None,
 ) -> ListPublic[JobPublic]:
     page = repository.list_jobs(
         session,
@@ -77,6 +81,7 @@ def list_jobs(
         metadata=_metadata_filter(metadata),
         after=after,
         limit=limit,
+        q=q.strip() if q else None,
     )
     details = service.status_details(session, page.items, settings=settings)
     return list_of(page, lambda job: _public(job, details))
@@ -123,6 +128,21 @@ def list_checkpoints(
         session, project_id=project_id, job_id=fine_tuning_job_id, after=after, limit=limit
     )
     return list_of(page, CheckpointPublic.model_validate)
+
+
+@router.get("/{fine_tuning_job_id}/samples", response_model=ListPublic[SamplePublic])
+def list_samples(
+    fine_tuning_job_id: ObjectId,
+    project_id: ProjectId,
+    session: SessionDep,
+    after: Cursor = None,
+    limit: Limit = 20,
+) -> ListPublic[SamplePublic]:
+    """The base model's and the tuned adapter's answers to the job's samples, the latest step first."""
+    page = repository.list_samples(
+        session, project_id=project_id, job_id=fine_tuning_job_id, after=after, limit=limit
+    )
+    return list_of(page, SamplePublic.model_validate)
 
 
 _METADATA = TypeAdapter(Metadata)

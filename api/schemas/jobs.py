@@ -16,6 +16,16 @@ class JobError(BaseModel):
     param: str | None = None
 
 
+class JobEvaluation(BaseModel):
+    """The base model's valid loss beside the tuned adapter's: the verdict on the adapter."""
+
+    base_valid_loss: float | None = None
+    valid_loss: float | None = None  # the latest evaluation's: the exported adapter's once the job ended
+    best_valid_loss: float | None = None
+    best_step: int | None = None
+    improvement: float | None = None  # (base_valid_loss - valid_loss) / base_valid_loss
+
+
 class JobPublic(PublicModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"
@@ -41,6 +51,9 @@ class JobPublic(PublicModel):
     error: JobError | None
     progress: dict[str, Any] | None
     estimated_finish: int | None = None
+    evaluation: JobEvaluation | None = None  # loraq: None without validation data
+    samples: list[dict[str, Any]] | None = None  # loraq: the sample inputs asked for at create
+    sample_max_new_tokens: int = 64
     integrations: list[Any] = []
 
 
@@ -63,3 +76,15 @@ class CheckpointPublic(PublicModel):
     fine_tuning_job_id: str = Field(validation_alias="job_id")
     fine_tuned_model_checkpoint: str
     result_file: str | None  # loraq: this checkpoint's adapter bundle, at /v1/files/{id}/content
+
+
+class SamplePublic(PublicModel):
+    id: str
+    object: Literal["fine_tuning.job.sample"] = "fine_tuning.job.sample"
+    created_at: int
+    step: int  # the training step of the tuned adapter that gave `output`
+    index: int
+    input: list[dict[str, Any]] | str  # a messages list, or a prompt
+    reference: str | None
+    base_output: str
+    output: str

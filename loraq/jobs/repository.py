@@ -11,13 +11,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, String, and_, cast, delete, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from loraq.core.errors import NotFound
 from loraq.core.repository import Page, paginate
 from loraq.jobs.states import ACTIVE, ALLOWED_FROM, TERMINAL, JobStatus, Lease
-from loraq.jobs.tables import Checkpoint, Job, JobEvent
+from loraq.jobs.tables import Checkpoint, Job, JobEvent, JobSample
 from loraq.projects.tables import Project
 
 
@@ -51,13 +51,23 @@ def list_jobs(
     metadata: dict[str, str],
     after: str | None,
     limit: int,
+    q: str | None = None,
 ) -> Page[Job]:
     statement = readable_jobs(project_id)
     if status is not None:
         statement = statement.where(Job.status == status)
+    if q:
+        statement = statement.where(_matches(q))
     for key, value in metadata.items():
         statement = statement.where(Job.metadata_[key].as_string() == value)
     return paginate(session, statement, Job, after=after, limit=limit)
+
+
+def _matches(q: str) -> ColumnElement[bool]:
+    """Case-insensitive substring search over a job's id, suffix, models and metadata (as JSON text)."""
+    needle = q.lower()
+    columns = (Job.id, Job.suffix, Job.model, Job.fine_tuned_model, cast(Job.metadata_, String))
+    return or_(*(func.lower(column).contains(needle, autoescape=True) for column in columns))
 
 
 def list_events(
@@ -74,6 +84,33 @@ def list_checkpoints(
     job = get_job(session, project_id=project_id, job_id=job_id)
     statement = select(Checkpoint).where(Checkpoint.job_id == job.id)
     return paginate(session, statement, Checkpoint, after=after, limit=limit)
+
+
+def list_samples(
+    session: Session, *, project_id: str, job_id: str, after: str | None, limit: int
+) -> Page[JobSample]:
+    job = get_job(session, project_id=project_id, job_id=job_id)
+    statement = select(JobSample).where(JobSample.job_id == job.id)
+    return paginate(session, statement, JobSample, after=after, limit=limit)
+
+
+def replace_samples(session: Session, job_id: str, step: int, samples: Sequence[JobSample]) -> None:
+    """The tuned answers of one step: an evaluation of the same step again replaces the earlier ones."""
+    session.execute(
+        delete(JobSample)
+        .where(JobSample.job_id == job_id, JobSample.step == step)
+        .execution_options(synchronize_session=False)
+    )
+    session.add_all(samples)
+
+
+def delete_samples_after(session: Session, job_id: str, step: int) -> None:
+    """Drop the tuned answers of the steps past `step`: a run resumed from there generates them anew."""
+    session.execute(
+        delete(JobSample)
+        .where(JobSample.job_id == job_id, JobSample.step > step)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def newest_checkpoint(session: Session, job_id: str) -> Checkpoint | None:

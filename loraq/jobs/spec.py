@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
 from loraq.core.text import ID_PATTERN, PlainText
@@ -211,6 +211,55 @@ class ExportSpec(_Strict):
     )
 
 
+SampleText = Annotated[PlainText, Field(max_length=32_000)]
+
+
+class SampleMessage(_Strict):
+    role: Literal["system", "user", "assistant"]
+    content: SampleText
+
+
+class ChatSample(_Strict):
+    """A conversation to continue; a final assistant message, if any, is the reference answer."""
+
+    messages: Annotated[list[SampleMessage], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _something_to_answer(self) -> ChatSample:
+        if self.messages[-1].role == "assistant" and len(self.messages) == 1:
+            raise broken_rule("needs a message to answer before the final assistant one", field="messages")
+        return self
+
+    @property
+    def reference(self) -> str | None:
+        return self.messages[-1].content if self.messages[-1].role == "assistant" else None
+
+
+class PromptSample(_Strict):
+    """A prompt to complete; the completion, if any, is the reference answer."""
+
+    prompt: Annotated[SampleText, Field(min_length=1)]
+    completion: SampleText | None = None
+
+    @property
+    def reference(self) -> str | None:
+        return self.completion
+
+
+def _sample_format(value: Any) -> str:
+    return "chat-sample" if isinstance(value, dict) and "messages" in value else "prompt-sample"
+
+
+# Tagged by its keys, so an error names the one format the client meant, not both. The tags are no
+# sample's keys: the API's error locations skip a name the body lacks.
+Sample = Annotated[
+    Annotated[ChatSample, Tag("chat-sample")] | Annotated[PromptSample, Tag("prompt-sample")],
+    Discriminator(_sample_format),
+]
+MAX_SAMPLES = 20
+DEFAULT_SAMPLE_MAX_NEW_TOKENS = 64
+
+
 MetadataKey = Annotated[PlainText, Field(min_length=1, max_length=64)]
 MetadataValue = Annotated[PlainText, Field(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Field(max_length=16)]
@@ -232,6 +281,12 @@ class JobCreate(_Strict):
     )
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
+    samples: Annotated[list[Sample], Field(max_length=MAX_SAMPLES)] | None = Field(
+        default=None,
+        description="Inputs the base and the tuned model answer greedily, to compare (GET .../samples); "
+        "default: the first 5 validation examples.",
+    )
+    sample_max_new_tokens: Annotated[int, Field(ge=1, le=256)] = DEFAULT_SAMPLE_MAX_NEW_TOKENS
     # Where the client put its hyperparameters, so that an error names the field it sent.
     _hyperparameters_at: str = PrivateAttr(default="method.supervised.hyperparameters")
 

@@ -18,7 +18,10 @@ from loraq.jobs.states import JobStatus
 class Job(Base):
     __tablename__ = "jobs"
     # Lists are a project's rows newest first: one index serves the filter and the order.
-    __table_args__ = (Index("ix_jobs_project_id_seq", "project_id", "seq"),)
+    __table_args__ = (
+        Index("ix_jobs_project_id_seq", "project_id", "seq"),
+        Index("ix_jobs_project_id_status_seq", "project_id", "status", "seq"),  # ?status=running
+    )
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftjob-"))
@@ -42,6 +45,13 @@ class Job(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(255), default=None)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # Inputs the base and the tuned adapter answer (JobCreate.samples; None: the first validation ones).
+    samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    sample_max_new_tokens: Mapped[int] = mapped_column(Integer, default=64, server_default="64")
+    # Worker-written: the base model's valid loss and the tuned ones (the job's `evaluation` object),
+    # and the base model's answers to the samples ({"input", "reference", "base_output"} each).
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    base_samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)
     started_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
@@ -63,6 +73,8 @@ class Job(Base):
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    # A job's events newest first, a page at a time, however many steps logged metrics.
+    __table_args__ = (Index("ix_job_events_job_id_seq", "job_id", "seq"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftevent-"))
@@ -76,6 +88,7 @@ class JobEvent(Base):
 
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
+    __table_args__ = (Index("ix_checkpoints_job_id_seq", "job_id", "seq"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftckpt-"))
@@ -94,3 +107,20 @@ class Checkpoint(Base):
     def fine_tuned_model_checkpoint(self) -> str:
         """OpenAI's name for a checkpoint's model."""
         return f"{self.job_id}:ckpt-step-{self.step_number}"
+
+
+class JobSample(Base):
+    """The tuned adapter's answer to one sample input at one evaluation, beside the base model's."""
+
+    __tablename__ = "job_samples"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("ftsample-"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    index: Mapped[int] = mapped_column(Integer)
+    input: Mapped[Any] = mapped_column(JSON)  # a messages list, or a prompt string
+    reference: Mapped[str | None] = mapped_column(Text, default=None)
+    base_output: Mapped[str] = mapped_column(Text)
+    output: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)

@@ -25,6 +25,12 @@ class TrainingRequest:
     # Continued training: the adapter bundle to start from, and the ft: model it is.
     initial_adapter: Path | None = None
     continues: str | None = None
+    # Inputs to answer with the base and the tuned model (JobCreate.samples); None: the first validation ones.
+    samples: list[dict[str, Any]] | None = None
+    sample_max_new_tokens: int = 64
+    # What an earlier attempt of the job recorded: the base is not measured again when base_samples is set.
+    evaluation: dict[str, Any] | None = None
+    base_samples: list[dict[str, Any]] | None = None
 
 
 class Reporter(Protocol):
@@ -36,6 +42,16 @@ class Reporter(Protocol):
 
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
         """A complete checkpoint; later checkpoints may delete it, so copy it during the call."""
+        ...
+
+    def on_baseline(self, evaluation: dict[str, Any] | None, base_samples: list[dict[str, Any]]) -> None:
+        """The base model's valid loss (None without validation data) and answers, before step 1."""
+        ...
+
+    def on_evaluation(
+        self, step: int, evaluation: dict[str, Any] | None, samples: list[dict[str, Any]]
+    ) -> None:
+        """The evaluation after the tuned adapter's evaluation at `step`, and its answers to the samples."""
         ...
 
     def should_stop(self) -> bool: ...

@@ -32,6 +32,8 @@ def export_bundle(
     data_stats: dict[str, Any],
     metrics: dict[str, Any],
     device: torch.device,
+    evaluation: dict[str, Any] | None = None,
+    samples: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write every bundle file into bundle_dir and return it."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
@@ -42,7 +44,9 @@ def export_bundle(
     model.save_pretrained(str(bundle_dir), save_embedding_layers=False)
     tokenizer.save_pretrained(bundle_dir)
     write_json(bundle_dir / "training_args.json", training_args(request))
-    write_metrics(bundle_dir / "metrics.jsonl", state.log_history)
+    write_metrics(bundle_dir / "metrics.jsonl", state.log_history, evaluation)
+    if samples:
+        write_jsonl(bundle_dir / "samples.jsonl", samples)
     manifest = build_manifest(
         request,
         state,
@@ -161,9 +165,17 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def write_metrics(path: Path, log_history: list[dict[str, Any]]) -> None:
-    """One JSON object per logged step (train and eval), in the order the Trainer logged them."""
-    lines = (json.dumps(entry, sort_keys=True) + "\n" for entry in log_history)
+def write_metrics(
+    path: Path, log_history: list[dict[str, Any]], evaluation: dict[str, Any] | None = None
+) -> None:
+    """One JSON object per logged step (train and eval), in the order the Trainer logged them; then the
+    job's evaluation object (base vs tuned valid loss), if it has validation data."""
+    entries = [*log_history, *([{"evaluation": evaluation}] if evaluation is not None else [])]
+    write_jsonl(path, entries)
+
+
+def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
+    lines = (json.dumps(entry, sort_keys=True) + "\n" for entry in entries)
     path.write_text("".join(lines), encoding="utf-8")
 
 

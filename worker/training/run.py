@@ -16,6 +16,7 @@ from worker.training.data import (
     load_dataset,
     load_tokenizer,
 )
+from worker.training.evaluation import build_verdict
 from worker.training.export import export_bundle, export_merged
 from worker.training.model import load_model, pick_device
 from worker.training.trainer import ReporterBridge, build_trainer
@@ -51,12 +52,24 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
         compute_dtype=loaded.compute_dtype,
         bridge=bridge,
     )
+    # The base model's valid loss and answers before step 1, the tuned adapter's at each evaluation.
+    verdict = build_verdict(
+        request,
+        model=loaded.model,
+        tokenizer=tokenizer,
+        has_validation=validation is not None,
+        reporter=reporter,
+        bridge=bridge,
+    )
+    trainer.add_callback(verdict)
+    verdict.measure_base(trainer, validation_sequences)
     trainer.train(resume_from_checkpoint=str(request.resume_from) if request.resume_from else None)
     if bridge.stopped:
         raise TrainingStopped(f"stopped at step {trainer.state.global_step} of {trainer.state.max_steps}")
     metrics = final_metrics(trainer, bridge, has_validation=validation is not None)
 
     state = trainer.state
+    samples = verdict.final_samples(state, exported_step(trainer))
     bundle_dir = export_bundle(
         request.output_dir / "adapter",
         request,
@@ -67,6 +80,8 @@ def train_adapter(request: TrainingRequest, reporter: Reporter) -> TrainingOutco
         data_stats=train_sequences.stats() | {"validation": validation.stats() if validation else None},
         metrics=metrics,
         device=device,
+        evaluation=verdict.record(),
+        samples=samples,
     )
     merged_dir = None
     if request.merged:
@@ -113,10 +128,16 @@ def tokenized_datasets(
 
 def final_metrics(trainer: Trainer, bridge: ReporterBridge, *, has_validation: bool) -> dict[str, Any]:
     """The last train metrics, and eval metrics of the exported weights (evaluating once more if needed)."""
-    state = trainer.state
-    # With early stopping the Trainer reloads the best checkpoint at the end (load_best_model_at_end).
-    best_reloaded = trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
-    exported_step = state.best_global_step if best_reloaded else state.global_step
-    if has_validation and bridge.last_eval_step != exported_step:
+    if has_validation and bridge.last_eval_step != exported_step(trainer):
         trainer.evaluate()  # its metrics reach the bridge through on_log
     return dict(bridge.latest)
+
+
+def exported_step(trainer: Trainer) -> int:
+    """The step of the weights the bundle gets: with early stopping the Trainer reloads the best checkpoint
+    at the end (load_best_model_at_end)."""
+    state = trainer.state
+    best_reloaded = trainer.args.load_best_model_at_end and state.best_model_checkpoint is not None
+    if best_reloaded and state.best_global_step is not None:
+        return state.best_global_step
+    return state.global_step

@@ -138,6 +138,10 @@ class ReporterBridge(TrainerCallback):
             "reported_at": time.time(),
         }
 
+    def refresh_progress(self, state: TrainerState) -> None:
+        """Report progress if due: for long work between the Trainer's own callbacks (sample answers)."""
+        self._report_progress_if_due(state)
+
     def _report_progress(self, state: TrainerState) -> None:
         self._last_progress_at = time.monotonic()
         self.reporter.on_progress(self.progress(state))
