@@ -41,12 +41,17 @@ def imported_packages(package: str) -> set[str]:
     return names
 
 
+SERVER_AND_TRAINING = {"api", "worker", "sqlalchemy", "fastapi", "celery", "kombu", "boto3", "torch"}
+
+
 @pytest.mark.parametrize(
     ("package", "forbidden"),
     [
         ("loraq", {"api", "worker", "torch", "transformers", "peft", "bitsandbytes"}),
         ("api", {"worker", "torch", "transformers", "peft", "bitsandbytes"}),
         ("worker", {"api"}),
+        # The client and the command line run where only their light dependencies are installed.
+        *((part, SERVER_AND_TRAINING) for part in ("loraq/client", "loraq/cli")),
     ],
 )
 def test_layering(package: str, forbidden: set[str]) -> None:

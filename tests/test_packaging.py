@@ -25,6 +25,7 @@ from tests.helpers import (
     method,
     upload,
 )
+from tests.smollm2_cache import link_smollm2
 from tests.stack import Stack, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ def test_the_wheel_carries_the_dashboard_and_the_migrations(installed: Installed
     assert {"loraq/migrations/env.py", "loraq/migrations/script.py.mako"} <= names
     in_checkout = {p.relative_to(REPO).as_posix() for p in (REPO / "loraq/migrations/versions").glob("*.py")}
     assert in_checkout and in_checkout <= names
-    for script in ("loraq-api", "loraq-worker", "loraq-migrate"):
+    for script in ("loraq-api", "loraq-worker", "loraq-migrate", "loraq"):
         assert f"{script} = " in scripts
 
 
@@ -135,6 +136,7 @@ class InstalledStack(Stack):
 @pytest.fixture
 def installed_stack(installed: Installed, tmp_path: Path) -> Iterator[InstalledStack]:
     (tmp_path / "home").mkdir()
+    link_smollm2(tmp_path / "home" / "models")  # converted once per checkout; the demo model is built here
     stack = InstalledStack(name="installed", home=tmp_path / "home", env={}, installed=installed)
     try:
         yield stack
