@@ -76,8 +76,18 @@ def test_every_route_with_an_id_hides_other_projects_objects(
         training = upload(owner, chat_dataset(4))
         job = create_job(owner, job_body(training["id"], adapter={"type": "lora"}))
         owner.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel")
+        # An IP literal: registering it resolves no name.
+        webhook = owner.post(
+            "/v1/webhooks",
+            json={"url": "https://93.184.215.14/hook", "event_types": ["fine_tuning.job.failed"]},
+        ).json()
         schema = owner.get("/openapi.json").json()
-    ids = {"file_id": training["id"], "fine_tuning_job_id": job["id"]}
+    ids = {
+        "file_id": training["id"],
+        "fine_tuning_job_id": job["id"],
+        "webhook_id": webhook["id"],
+        "delivery_id": "msg_" + "x" * 24,
+    }
 
     checked = []
     with stack.client(outsider) as client:
@@ -101,6 +111,7 @@ def test_every_route_with_an_id_hides_other_projects_objects(
     assert len(checked) >= 7, checked
     with stack.client() as owner:
         assert owner.get(f"/v1/files/{training['id']}").status_code == 200
+        assert owner.delete(f"/v1/webhooks/{webhook['id']}").status_code == 200
 
 
 def project_key(stack: Stack, **project: Any) -> str:

@@ -8,7 +8,7 @@ whose job was cancelled or taken over changes nothing, however late its writes c
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import and_, func
@@ -18,8 +18,9 @@ from loraq.files import repository as files_repository
 from loraq.jobs import repository
 from loraq.jobs.events import add_event
 from loraq.jobs.states import JobStatus, Lease
-from loraq.jobs.tables import Checkpoint, Job
+from loraq.jobs.tables import Checkpoint, Job, JobSample
 from loraq.projects import repository as projects_repository
+from loraq.webhooks import service as webhooks
 
 
 def claim(
@@ -42,6 +43,7 @@ def claim(
     # Under the project's lock, as its other limits: two workers can't both take its last running slot.
     projects_repository.lock(session, project_id)
     claimable = repository.claimable()
+    first_start = webhooks.job_never_started(session, job_id)  # read before the claim sets started_at
     won = repository.transition(
         session,
         job_id,
@@ -57,6 +59,8 @@ def claim(
         },
     )
     if won:
+        if first_start:
+            webhooks.enqueue_job_event(session, job_id=job_id, type="fine_tuning.job.running")
         return Lease(job_id, owner)
     # Claimable but out of attempts: its workers keep dying (out of memory, say). Stop the loop.
     if repository.transition(
@@ -73,6 +77,7 @@ def claim(
         },
     ):
         add_event(session, job_id, "Job failed: its worker died on every attempt", level="error")
+        webhooks.enqueue_job_event(session, job_id=job_id, type="fine_tuning.job.failed")
     return None
 
 
@@ -85,20 +90,75 @@ def holds(session: Session, lease: Lease) -> bool:
     return repository.lease_holder(session, lease.job_id) == lease.owner
 
 
+def record_reports(
+    session: Session,
+    lease: Lease,
+    *,
+    progress: dict[str, Any] | None = None,
+    metrics: Sequence[tuple[int, dict[str, Any]]] = (),
+) -> bool:
+    """Store the latest progress and a batch of steps' metrics events in one transaction, if still ours."""
+    if not repository.lock_leased(session, lease, **({"progress": progress} if progress is not None else {})):
+        return False
+    for step, step_metrics in metrics:
+        shown = ", ".join(
+            f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+            for name, value in step_metrics.items()
+        )
+        add_event(
+            session,
+            lease.job_id,
+            f"Step {step}: {shown}",
+            type="metrics",
+            data={"step": step, **step_metrics},
+        )
+    return True
+
+
 def record_progress(session: Session, lease: Lease, progress: dict[str, Any]) -> bool:
     """Store the job's progress if still ours; True when it did."""
-    return repository.lock_leased(session, lease, progress=progress)
+    return record_reports(session, lease, progress=progress)
 
 
 def record_metrics(session: Session, lease: Lease, *, step: int, metrics: dict[str, Any]) -> bool:
     """Add a step's metrics event if still ours; True when it did."""
-    if not repository.lock_leased(session, lease):
+    return record_reports(session, lease, metrics=[(step, metrics)])
+
+
+def record_baseline(
+    session: Session,
+    lease: Lease,
+    *,
+    evaluation: dict[str, Any] | None,
+    base_samples: list[dict[str, Any]],
+) -> bool:
+    """Store the base model's valid loss and answers, measured before step 1, if still ours."""
+    if not repository.lock_leased(session, lease, evaluation=evaluation, base_samples=base_samples):
         return False
-    shown = ", ".join(
-        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
-        for name, value in metrics.items()
-    )
-    add_event(session, lease.job_id, f"Step {step}: {shown}", type="metrics", data={"step": step, **metrics})
+    if evaluation is not None:
+        add_event(
+            session,
+            lease.job_id,
+            f"Base model evaluated: valid_loss={evaluation['base_valid_loss']:.4g}",
+            data={"step": 0, "base_valid_loss": evaluation["base_valid_loss"]},
+        )
+    return True
+
+
+def record_evaluation(
+    session: Session,
+    lease: Lease,
+    *,
+    step: int,
+    evaluation: dict[str, Any] | None,
+    samples: list[dict[str, Any]],
+) -> bool:
+    """Store the job's evaluation and the tuned adapter's answers at `step`, if still ours."""
+    if not repository.lock_leased(session, lease, evaluation=evaluation):
+        return False
+    # Listed newest first: added last to first, so that a step's answers read in their input order.
+    rows = [JobSample(job_id=lease.job_id, step=step, **sample) for sample in reversed(samples)]
+    repository.replace_samples(session, lease.job_id, step, rows)
     return True
 
 
@@ -150,6 +210,7 @@ def add_checkpoint(
         f"Checkpoint saved at step {step}",
         data={"step": step, "result_file": result_file},
     )
+    webhooks.enqueue_job_event(session, job_id=lease.job_id, type="fine_tuning.job.checkpoint")
     return [key for key in stale if key is not None]
 
 
@@ -162,6 +223,7 @@ def resume(session: Session, lease: Lease, *, from_step: int) -> bool:
     if not repository.lock_leased(session, lease):
         return False
     repository.delete_metrics_after(session, lease.job_id, from_step)
+    repository.delete_samples_after(session, lease.job_id, from_step)
     add_event(
         session,
         lease.job_id,
@@ -187,6 +249,7 @@ def succeed(
     )
     if won:
         add_event(session, lease.job_id, "The job has successfully completed")
+        webhooks.enqueue_job_event(session, job_id=lease.job_id, type="fine_tuning.job.succeeded")
     return won
 
 
@@ -196,6 +259,7 @@ def fail(session: Session, job_id: str, message: str, *, code: str, lease: Lease
     )
     if won:
         add_event(session, job_id, f"Job failed: {message}", level="error")
+        webhooks.enqueue_job_event(session, job_id=job_id, type="fine_tuning.job.failed")
     return won
 
 
@@ -203,6 +267,7 @@ def cancel(session: Session, job_id: str) -> bool:
     won = repository.transition(session, job_id, JobStatus.CANCELLED)
     if won:
         add_event(session, job_id, "Job cancelled")
+        webhooks.enqueue_job_event(session, job_id=job_id, type="fine_tuning.job.cancelled")
     return won
 
 
