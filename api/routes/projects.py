@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from api.bodies import JSONBodyRoute
-from api.deps import AdminKey, ObjectId, SessionDep
+from api.deps import AdminKey, CurrentKey, ObjectId, SessionDep
 from api.schemas.common import ListPublic, list_of
 from api.schemas.projects import ApiKeyCreated, ApiKeyPublic, ProjectCreate, ProjectPublic
 from loraq.projects import service
 
 router = APIRouter(prefix="/v1/projects", tags=["projects (admin)"], route_class=JSONBodyRoute)
+me_router = APIRouter(prefix="/v1", tags=["projects"])
+
+
+class Me(BaseModel):
+    object: Literal["api_key.identity"] = "api_key.identity"
+    project_id: str
+    project_name: str
+    is_admin: bool
+
+
+@me_router.get("/me", response_model=Me)
+def who_am_i(key: CurrentKey, session: SessionDep) -> Me:
+    """The project the request's API key belongs to, and whether the key is an admin key."""
+    project = service.get_project(session, key.project_id)
+    return Me(project_id=project.id, project_name=project.name, is_admin=key.is_admin)
 
 
 @router.post("", response_model=ProjectPublic)
