@@ -19,6 +19,8 @@ from loraq.core.errors import LoraqError, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = {"Retry-After": "5"}
+# Overload passes in moments: a busy server asks for a retry sooner than an outage does.
+BUSY_RETRY_AFTER = {"Retry-After": "1"}
 
 
 def error_response(
@@ -51,7 +53,9 @@ def response_for(error: Exception) -> JSONResponse | None:
         )
     if isinstance(error, PoolTimeout):
         log.warning("no database connection free: %s", error)
-        return _unavailable("the server is busy: no database connection is free; retry shortly")
+        return _unavailable(
+            "the server is busy: no database connection is free; retry shortly", headers=BUSY_RETRY_AFTER
+        )
     # A connection that dies mid-query surfaces as a DBAPIError with connection_invalidated set.
     if isinstance(error, OperationalError | InterfaceError) or (
         isinstance(error, DBAPIError) and error.connection_invalidated
@@ -76,8 +80,8 @@ def response_for(error: Exception) -> JSONResponse | None:
     return None
 
 
-def _unavailable(message: str) -> JSONResponse:
-    return error_response(503, message, type="server_error", code="service_unavailable", headers=RETRY_AFTER)
+def _unavailable(message: str, *, headers: dict[str, str] = RETRY_AFTER) -> JSONResponse:
+    return error_response(503, message, type="server_error", code="service_unavailable", headers=headers)
 
 
 _SOURCES = {"body", "query", "path", "header", "form", "cookie"}

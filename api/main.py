@@ -30,7 +30,20 @@ def main() -> None:
     port = int(os.environ.get("PORT", settings.port))
     log.info("loraq API on http://%s:%s  (admin key: %s)", settings.host, port, settings.admin_key_path)
     # log_config=None: uvicorn keeps the handlers configure_logging installed (plain or JSON lines).
-    uvicorn.run(create_app(), host=settings.host, port=port, log_level="info", log_config=None)
+    if settings.api_workers == 1:
+        uvicorn.run(create_app(), host=settings.host, port=port, log_level="info", log_config=None)
+        return
+    # The API keeps no state of its own: its processes share one socket, each with its own threads and pool.
+    log.info("%d API processes, each serving %d requests at once", settings.api_workers, settings.api_threads)
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        workers=settings.api_workers,
+        host=settings.host,
+        port=port,
+        log_level="info",
+        log_config=None,
+    )
 
 
 if __name__ == "__main__":

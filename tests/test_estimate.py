@@ -233,3 +233,26 @@ def test_the_chat_template_falls_back_to_chatml(tmp_path: Path, demo_model: Path
         chat_template(tmp_path, {"chat_template": [{"name": "default", "template": "{{ 1 }}"}]}) == "{{ 1 }}"
     )
     assert chat_template(demo_model, {}) == (demo_model / "chat_template.jinja").read_text()
+
+
+def test_a_cpu_estimate_counts_the_process_and_auto_is_float32(demo_model: Path, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "train.jsonl", RECORDS["text"])
+
+    def memory(adapter: dict[str, Any] | None = None) -> dict[str, int]:
+        estimate = estimate_job(
+            request=job(adapter, max_seq_len=64, batch_size=4),
+            train_path=path,
+            dataset_format="text",
+            model_dir=demo_model,
+            device="cpu",
+            auto_compute_dtype="float32",
+        )
+        assert estimate["compute_dtype"] == "float32"
+        result: dict[str, int] = estimate["memory_bytes"]
+        return result
+
+    lora, qlora = memory(), memory({"type": "qlora", "quantization": {"bits": 4}})
+    assert lora["runtime"] == qlora["runtime"] > 0
+    # The demo model's fp32 file is used in place by LoRA in fp32; QLoRA reads it all to quantize it.
+    assert lora["mapped_file"] == 0 < qlora["mapped_file"]
+    assert qlora["mapped_file"] == sum(p.stat().st_size for p in demo_model.glob("*.safetensors"))

@@ -150,9 +150,9 @@ def test_estimate_answers_without_queueing(stack: Stack, dataset_format: str) ->
     assert plain["total_steps"] == 2 * 4
     assert packed["sequences"] < plain["sequences"], "short examples pack together"
     memory = plain["memory_bytes"]
-    assert memory["total"] == sum(
-        memory[part] for part in ("base_weights", "adapter", "optimizer", "activations")
-    )
+    # On a CPU worker the figure is the process's peak: its runtime and the model file's pages count too.
+    parts = ("base_weights", "adapter", "optimizer", "activations", "runtime", "mapped_file")
+    assert memory["total"] == sum(memory[part] for part in parts)
     # It assumes what the deployment's workers train on: this CPU worker resolves "auto" to float32.
     assert (plain["device"], plain["compute_dtype"]) == ("cpu", "float32")
 

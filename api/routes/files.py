@@ -98,7 +98,8 @@ def list_files(
     session: SessionDep,
     purpose: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     after: Cursor = None,
-    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    # OpenAI's range, but a page of 20 by default: a dashboard's list need not carry every checkpoint's file.
+    limit: Annotated[int, Query(ge=1, le=10000)] = 20,
 ) -> ListPublic[FilePublic]:
     page = repository.list_files(session, project_id=project_id, purpose=purpose, after=after, limit=limit)
     return list_of(page, FilePublic.model_validate)

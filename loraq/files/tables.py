@@ -12,7 +12,10 @@ from loraq.core.ids import new_id, unix_seconds
 class File(Base):
     __tablename__ = "files"
     # Lists are a project's rows newest first: one index serves the filter and the order.
-    __table_args__ = (Index("ix_files_project_id_seq", "project_id", "seq"),)
+    __table_args__ = (
+        Index("ix_files_project_id_seq", "project_id", "seq"),
+        Index("ix_files_project_id_purpose_seq", "project_id", "purpose", "seq"),  # ?purpose=fine-tune
+    )
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, default=lambda: new_id("file-"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,23 +191,55 @@ def memory_breakdown(
     base_weights: int,
     trainable_parameters: int,
     activations: int,
+    process: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Peak training memory, in bytes, by what holds it.
 
     The trainable parameters (LoRA's, or all of them in full fine-tuning) are fp32: 4 B each. AdamW
-    keeps two fp32 moments per parameter, and the fp32 gradients add one more: 12 B each.
+    keeps two fp32 moments per parameter, and the fp32 gradients add one more: 12 B each. process
+    adds what the device's process holds beyond the tensors (cpu_process_bytes on a CPU).
     """
     breakdown = {
         "base_weights": base_weights,
         "adapter": trainable_parameters * FP32_BYTES,
         "optimizer": trainable_parameters * 3 * FP32_BYTES,
         "activations": activations,
-    }
+    } | (process or {})
     return breakdown | {"total": sum(breakdown.values())}
 
 
 # What an estimate assumes when no worker has said what it trains on: the production case.
 GPU_ASSUMED = "no live worker; assumed a GPU with bfloat16"
+
+# A CPU worker's job process, measured with bench/memory.py (torch 2.13, transformers 5, peft 0.21):
+# its resident memory after importing the training stack, before it loads anything.
+CPU_RUNTIME_BYTES = 413 << 20
+# What the allocator's slack and the backward pass's transient buffers add to the saved activations,
+# fitted on the worker's peaks (LoRA and QLoRA, 70M and 250M): the rest of the rule is counted.
+CPU_ACTIVATION_FACTOR = 1.1
+
+
+def cpu_process_bytes(*, model_dir: Path, weights_in_place: bool) -> dict[str, int]:
+    """What a CPU worker's training process holds besides the tensors the rule counts.
+
+    Its runtime (the imported libraries), and the model file's pages: transformers maps the
+    safetensors and, when the file's dtype is the compute dtype and nothing is quantized, uses them in
+    place (then they are the base weights, counted once); otherwise it reads every page once to
+    convert or quantize it, and the mapped pages stay resident while the file is mapped.
+    """
+    file_bytes = sum(path.stat().st_size for path in model_dir.glob("*.safetensors"))
+    return {"runtime": CPU_RUNTIME_BYTES, "mapped_file": 0 if weights_in_place else file_bytes}
+
+
+def is_cpu(device: str) -> bool:
+    """Whether a worker's device, as it registered it ("cpu", "cuda (NVIDIA H100)"), is a CPU."""
+    return device.split(" ", 1)[0] == "cpu"
+
+
+def file_dtype(model_dir: Path) -> str:
+    """The dtype the model's weights are stored in, as config.json says (float32 if it does not)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    return str(config.get("dtype") or config.get("torch_dtype") or "float32")
 
 
 def estimate_job(
@@ -217,67 +251,127 @@ def estimate_job(
     device: str = GPU_ASSUMED,
     auto_compute_dtype: str = "bfloat16",
     validation_file_examples: int | None = None,
+    examples: int | None = None,
+    sample_examples: int | None = None,
 ) -> dict[str, Any]:
     """Tokens, sequences, steps and peak memory of a job, from its spec, training file and local base model.
 
     device is what the estimate assumes the job trains on, and auto_compute_dtype what "auto"
-    resolves to there (bfloat16 on a GPU that has it, float32 on a CPU).
+    resolves to there (bfloat16 on a GPU that has it, float32 on a CPU). examples is the file's count
+    if the upload already made it. A file of more than sample_examples examples is tokenized in an
+    even sample of about that many, and its counts scaled (the answer's "sampled" says by how much).
     """
     hp = request.requested_hyperparameters
-    examples = count_examples(train_path)
+    if examples is None:
+        examples = count_examples(train_path)
     # Which examples are held out depends on the seed; a job without one gets a random seed later.
     held_out = held_out_indices(examples, hp.validation_split, request.seed or 0)
     resolved = hp.resolve(n_examples=examples)
-    train = tokenize_file(
-        train_path,
-        dataset_format,
-        tokenizer_of(model_dir),
-        max_seq_len=resolved.max_seq_len,
-        train_on_inputs=resolved.train_on_inputs,
-        keep=lambda index: index not in held_out,
-    )
+    stride = 1 if sample_examples is None else max(1, math.ceil(examples / sample_examples))
+    tokenizer = tokenizer_of(model_dir)
+    with tempfile.TemporaryDirectory(prefix="loraq-sample-") as scratch:
+        sample_path = train_path
+        if stride > 1:
+            sample_path = Path(scratch) / "sample.jsonl"
+            write_sample(train_path, sample_path, every=stride, skip=held_out)
+        train = tokenize_file(
+            sample_path,
+            dataset_format,
+            tokenizer,
+            max_seq_len=resolved.max_seq_len,
+            train_on_inputs=resolved.train_on_inputs,
+            keep=None if stride > 1 else lambda index: index not in held_out,
+        )
     lengths = [len(input_ids) for input_ids in train.input_ids]
     sequences = sequence_lengths(lengths, packing=resolved.packing, max_seq_len=resolved.max_seq_len)
+    # Scaled from the sample to the whole file: 1.0 when every example was tokenized.
+    train_examples = examples - len(held_out)
+    scale = train_examples / train.examples if stride > 1 and train.examples else 1.0
+    sequence_count = round(len(sequences) * scale)
     # The Trainer's steps per epoch: ceil(ceil(sequences / batch) / accumulation), the same number.
     total_steps = resolved.n_epochs * math.ceil(
-        len(sequences) / (resolved.batch_size * resolved.gradient_accumulation_steps)
+        sequence_count / (resolved.batch_size * resolved.gradient_accumulation_steps)
     )
+    # A sample may miss the file's longest example: size memory for the longest a sequence can be.
+    longest = resolved.max_seq_len if stride > 1 else max(sequences, default=0)
 
     adapter = request.adapter
     compute_dtype = adapter.effective_compute_dtype
     compute_dtype = auto_compute_dtype if compute_dtype == "auto" else compute_dtype
     arch = Architecture.from_model_dir(model_dir)
     adapter_parameters = lora_parameter_count(arch, adapter)
+    activations = activation_bytes(
+        arch,
+        tokens=resolved.batch_size * longest,  # the batch padded to its longest
+        compute_dtype=compute_dtype,
+        lora_layers=targeted_layers(adapter.target_modules),
+        gradient_checkpointing=resolved.gradient_checkpointing,
+    )
+    # A GPU's figure is the tensors (what torch.cuda.max_memory_allocated reports); a CPU's, the
+    # process's peak resident memory, which bench/memory.py measures on the worker's own code path.
+    process = None
+    if is_cpu(device):
+        activations = math.ceil(activations * CPU_ACTIVATION_FACTOR)
+        in_place = adapter.quantization is None and file_dtype(model_dir) == compute_dtype
+        process = cpu_process_bytes(model_dir=model_dir, weights_in_place=in_place)
     memory = memory_breakdown(
         base_weights=base_weight_bytes(arch, adapter.quantization, compute_dtype),
         trainable_parameters=adapter_parameters,
-        activations=activation_bytes(
-            arch,
-            tokens=resolved.batch_size * max(sequences, default=0),  # the batch padded to its longest
-            compute_dtype=compute_dtype,
-            lora_layers=targeted_layers(adapter.target_modules),
-            gradient_checkpointing=resolved.gradient_checkpointing,
-        ),
+        activations=activations,
+        process=process,
     )
+    train_tokens = round(train.tokens * scale)
     return {
         "examples": examples,
-        "train_examples": train.examples,
+        "train_examples": train.examples if stride == 1 else train_examples,
         "validation_examples": len(held_out)
         if validation_file_examples is None
         else validation_file_examples,
-        "train_tokens": train.tokens,
-        "label_tokens": train.label_tokens,
-        "truncated_examples": train.truncated,
-        "dropped_examples": train.dropped,
+        "train_tokens": train_tokens,
+        "label_tokens": round(train.label_tokens * scale),
+        "truncated_examples": round(train.truncated * scale),
+        "dropped_examples": round(train.dropped * scale),
         "token_lengths": percentiles(train.full_lengths),
-        "sequences": len(sequences),
+        "sequences": sequence_count,
         "total_steps": total_steps,
-        "trained_tokens": resolved.n_epochs * train.tokens,
+        "trained_tokens": resolved.n_epochs * train_tokens,
+        "sampled": None if stride == 1 else sample_error(train.full_lengths, population=train_examples),
         "hyperparameters": resolved.model_dump(mode="json"),
         "device": device,
         "compute_dtype": compute_dtype,
         "parameters": {"base": arch.parameter_count(), "trainable": adapter_parameters},
         "memory_bytes": memory,
+    }
+
+
+def write_sample(source: Path, dest: Path, *, every: int, skip: set[int] | frozenset[int]) -> None:
+    """Every `every`-th example of a validated file (not those in skip), copied as they are.
+
+    The lines that are not taken are only counted, never parsed: a sample of a 200 MB file costs
+    one read of it.
+    """
+    index = 0
+    with source.open("rb") as lines, dest.open("wb") as out:
+        for raw in lines:  # a binary file splits on b"\n" only, as the validator does
+            if not raw.strip():
+                continue
+            if index % every == 0 and index not in skip:
+                out.write(raw if raw.endswith(b"\n") else raw + b"\n")
+            index += 1
+
+
+def sample_error(lengths: Sequence[int], *, population: int) -> dict[str, Any]:
+    """How far a sample's scaled token count may be from the file's: the 95% interval of the mean."""
+    n = len(lengths)
+    mean = statistics.fmean(lengths) if lengths else 0.0
+    spread = statistics.stdev(lengths) if n > 1 else 0.0
+    finite = math.sqrt(max(0.0, 1 - n / population)) if population else 0.0
+    relative = 1.96 * spread / mean / math.sqrt(n) * finite if mean else 0.0
+    return {
+        "examples": n,
+        "of": population,
+        "tokens_relative_error": round(relative, 4),
+        "note": "counts are scaled from an even sample of the file; memory assumes a max_seq_len sequence",
     }
 
 

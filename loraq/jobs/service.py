@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import secrets
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -19,13 +17,15 @@ from loraq.core.settings import Settings
 from loraq.files import repository as files_repository
 from loraq.files.service import DATASET_PURPOSE
 from loraq.files.tables import File
-from loraq.jobs import estimate, repository, runs
+from loraq.jobs import estimate, estimate_pool, repository, runs
 from loraq.jobs.checks import check_something_to_train_on, check_targets_exist, continued_adapter
 from loraq.jobs.events import add_event
 from loraq.jobs.spec import AdapterSpec, JobCreate, held_out_count
 from loraq.jobs.states import JobStatus
 from loraq.jobs.tables import Job
+from loraq.projects.idempotency import fingerprint
 from loraq.projects.service import check_can_queue, get_project
+from loraq.storage.scratch import scratch_dir
 from loraq.storage.stores import ArtifactStore
 from loraq.workers import service as workers_service
 
@@ -76,6 +76,10 @@ def create_job(
         hyperparameters=resolved.model_dump(mode="json"),
         adapter=adapter.model_dump(mode="json"),
         export=request.export.model_dump(mode="json"),
+        samples=[sample.model_dump(mode="json", exclude_none=True) for sample in request.samples]
+        if request.samples is not None
+        else None,
+        sample_max_new_tokens=request.sample_max_new_tokens,
         # The files were validated at upload, so the job is ready for a worker at once.
         status=JobStatus.QUEUED.value,
         result_files=[],
@@ -104,18 +108,29 @@ def estimate_job(
     if request.validation_file is not None:
         validation = _dataset_file(session, project_id, request.validation_file, param="validation_file")
     device, auto_compute_dtype = _assumed_device(session, settings)
-    with tempfile.TemporaryDirectory(prefix="loraq-estimate-") as scratch:
-        train_path = Path(scratch) / "train.jsonl"
-        store.download(training.storage_key, train_path)
-        return estimate.estimate_job(
+    validation_examples = validation.examples if validation else None
+    # The file's content, the model and every field of the spec the numbers depend on.
+    spec = request.model_dump_json(exclude={"training_file", "validation_file", "suffix", "metadata"})
+    key = fingerprint(training.sha256, str(base.path), spec, device, auto_compute_dtype, validation_examples)
+    if (answer := estimate_pool.cached(key)) is not None:
+        return answer
+    with scratch_dir(settings.scratch_dir, "estimate") as scratch:
+        # A local store's blob is read where it is; another store's is downloaded once.
+        train_path = store.local_path(training.storage_key)
+        if train_path is None:
+            train_path = scratch / "train.jsonl"
+            store.download(training.storage_key, train_path)
+        job = estimate_pool.EstimateInput(
             request=request,
             train_path=train_path,
             dataset_format=training.format or "chat",
             model_dir=base.path,
             device=device,
             auto_compute_dtype=auto_compute_dtype,
-            validation_file_examples=validation.examples if validation else None,
+            validation_file_examples=validation_examples,
+            examples=training.examples,
         )
+        return estimate_pool.run_estimate(key, job)
 
 
 def _assumed_device(session: Session, settings: Settings) -> tuple[str, str]:

@@ -38,6 +38,10 @@ class ArtifactStore(Protocol):
         ...
 
     def download(self, key: str, dest: Path) -> None: ...
+    def local_path(self, key: str) -> Path | None:
+        """Where the blob already is on this machine's disk, to read in place; None: download it."""
+        ...
+
     def iter_bytes(self, key: str) -> Iterator[bytes]: ...
     def delete(self, key: str) -> None: ...
 
@@ -72,6 +76,9 @@ class LocalStore:
     def download(self, key: str, dest: Path) -> None:
         shutil.copyfile(self._path(key), dest)
 
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
     def iter_bytes(self, key: str) -> Iterator[bytes]:
         with self._path(key).open("rb") as handle:
             yield from read_chunks(handle)
@@ -96,6 +103,9 @@ class S3Store:
 
     def download(self, key: str, dest: Path) -> None:
         self.client.download_file(self.bucket, self._object(key), str(dest))
+
+    def local_path(self, key: str) -> Path | None:
+        return None
 
     def iter_bytes(self, key: str) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._object(key))["Body"]
