@@ -18,6 +18,7 @@ from loraq.projects.service import check_storage
 from loraq.storage.archives import pack_dir
 from loraq.storage.stores import ArtifactStore, new_storage_key
 from worker.heartbeat import Heartbeat
+from worker.report_writer import ReportWriter
 from worker.training.contracts import TrainingStopped
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class JobReporter:
         self,
         lease: Lease,
         heartbeat: Heartbeat,
+        writer: ReportWriter,
         store: ArtifactStore,
         *,
         project_id: str,
@@ -55,19 +57,20 @@ class JobReporter:
         self.lease = lease
         self.keep_bundles = keep_bundles  # save_total_limit: checkpoints whose adapter stays downloadable
         self.heartbeat = heartbeat
+        self.writer = writer  # progress and metrics go through it, batched, off the training thread
         self.store = store
         self.project_id = project_id
         self.scratch = scratch  # the job's own scratch space: a killed worker's is found and removed
         self.progress: dict[str, Any] = {}
 
     def on_progress(self, progress: dict[str, Any]) -> None:
-        with session_scope() as session:
-            self._check(runs.record_progress(session, self.lease, progress))
+        self._check(not self.writer.refused.is_set())
+        self.writer.progress(progress)
         self.progress = progress
 
     def on_metrics(self, step: int, metrics: dict[str, Any]) -> None:
-        with session_scope() as session:
-            self._check(runs.record_metrics(session, self.lease, step=step, metrics=metrics))
+        self._check(not self.writer.refused.is_set())
+        self.writer.metrics(step, metrics)
         losses = "".join(
             f", {name} {metrics[name]:.4f}" for name in ("train_loss", "valid_loss") if name in metrics
         )
@@ -81,8 +84,27 @@ class JobReporter:
             f", {speed:.0f} tokens/s" if speed is not None else "",
         )
 
+    def on_baseline(self, evaluation: dict[str, Any] | None, base_samples: list[dict[str, Any]]) -> None:
+        self._check(self.writer.flush())
+        with session_scope() as session:
+            self._check(
+                runs.record_baseline(session, self.lease, evaluation=evaluation, base_samples=base_samples)
+            )
+        if evaluation is not None:
+            log.info("job %s base model valid_loss %.4f", self.lease.job_id, evaluation["base_valid_loss"])
+
+    def on_evaluation(
+        self, step: int, evaluation: dict[str, Any] | None, samples: list[dict[str, Any]]
+    ) -> None:
+        self._check(self.writer.flush())  # the steps before this evaluation are on record first
+        with session_scope() as session:
+            self._check(
+                runs.record_evaluation(session, self.lease, step=step, evaluation=evaluation, samples=samples)
+            )
+
     def on_checkpoint(self, step: int, path: Path, metrics: dict[str, Any]) -> None:
         """Store the whole checkpoint (to resume from) and its adapter alone (to download)."""
+        self._check(self.writer.flush())  # a resume from here finds every step up to it recorded
         resume_key = new_storage_key("checkpoints", ".tar.gz")
         with tempfile.TemporaryDirectory(prefix="checkpoint-", dir=self.scratch) as scratch_dir:
             scratch = Path(scratch_dir)
@@ -133,7 +155,7 @@ class JobReporter:
         log.info("job %s checkpoint saved at step %d", self.lease.job_id, step)
 
     def should_stop(self) -> bool:
-        return not self.heartbeat.still_ours()
+        return not self.heartbeat.still_ours() or self.writer.refused.is_set()
 
     def _check(self, recorded: bool) -> None:
         """Stop the run when a write was refused: the job is no longer this worker's."""

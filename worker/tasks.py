@@ -9,7 +9,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -61,6 +61,10 @@ class JobSnapshot:
     continues: tuple[str, str] | None  # (ft: model, storage key of its adapter bundle), when training further
     attempt: int
     merged_export: bool
+    samples: list[dict[str, Any]] | None  # the spec's sample inputs; None: the first validation examples
+    sample_max_new_tokens: int
+    evaluation: dict[str, Any] | None  # as recorded by an earlier attempt
+    base_samples: list[dict[str, Any]] | None  # the base model's answers, once an attempt measured them
 
 
 @app.task(
@@ -103,8 +107,9 @@ def _run(job_id: str) -> str:
         )
         add_event(session, job_id, started)
     log.info("job %s claimed (attempt %d)", job_id, snapshot.attempt)
-    # Imported here, in the child that runs the job, so the parent process never starts torch's
-    # thread pools before forking (a forked copy of a live OpenMP pool can hang).
+    # Imported here, not at the top: the worker imports this module before forking, and preloads the
+    # training stack only when LORAQ_WORKER_PRELOAD says so (then these imports cost nothing).
+    from worker.report_writer import ReportWriter
     from worker.reporting import JobReporter
     from worker.training import TrainingStopped
 
@@ -115,15 +120,19 @@ def _run(job_id: str) -> str:
     ) as heartbeat:
         try:
             with scratch_dir(settings.scratch_dir, job_id) as scratch:
-                reporter = JobReporter(
-                    lease,
-                    heartbeat,
-                    store,
-                    project_id=snapshot.project_id,
-                    scratch=scratch,
-                    keep_bundles=snapshot.hyperparameters.save_total_limit,
-                )
-                outcome = _train(snapshot, scratch, store, reporter)
+                # Closed (its last batch written) before the result is published: the record's last
+                # step comes before "succeeded".
+                with ReportWriter(lease, interval=settings.report_interval_seconds) as writer:
+                    reporter = JobReporter(
+                        lease,
+                        heartbeat,
+                        writer,
+                        store,
+                        project_id=snapshot.project_id,
+                        scratch=scratch,
+                        keep_bundles=snapshot.hyperparameters.save_total_limit,
+                    )
+                    outcome = _train(snapshot, scratch, store, reporter)
                 _publish_result(snapshot, lease, outcome, store)
         except TrainingStopped as stopped:
             log.info("job %s stopped, cancelled or taken over: %s", job_id, stopped)
@@ -196,6 +205,10 @@ def _snapshot(session: Session, job_id: str) -> JobSnapshot:
         continues=_parent_adapter(session, job),
         attempt=job.attempts,
         merged_export=bool((job.export or {}).get("merged")),
+        samples=job.samples,
+        sample_max_new_tokens=job.sample_max_new_tokens,
+        evaluation=job.evaluation,
+        base_samples=job.base_samples,
     )
 
 
@@ -243,6 +256,10 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
         merged=job.merged_export,
         initial_adapter=initial_adapter,
         continues=job.continues[0] if job.continues else None,
+        samples=job.samples,
+        sample_max_new_tokens=job.sample_max_new_tokens,
+        evaluation=job.evaluation,
+        base_samples=job.base_samples,
     )
     return train_adapter(request, reporter)
 

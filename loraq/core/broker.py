@@ -13,12 +13,18 @@ from typing import Any
 from celery import Celery
 from sqlalchemy.orm import Session
 
+from loraq.core import embedded_broker
 from loraq.core.db import after_commit
 from loraq.core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 RUN_JOB_TASK = "loraq.run_job"
+CHAT_TASK = "loraq.chat_completion"
+# Training jobs stay on Celery's default queue; chats have their own, served by each worker's chat
+# process, so an answer never waits behind a training run.
+JOBS_QUEUE = "celery"
+CHAT_QUEUE = "chat"
 
 
 def uses_embedded_broker(settings: Settings) -> bool:
@@ -44,12 +50,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The API publishes inside a request: fail fast and let the reconciler publish later.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5},
         "worker_hijack_root_logger": False,
+        "task_default_queue": JOBS_QUEUE,
+        "task_routes": {CHAT_TASK: {"queue": CHAT_QUEUE}},
     }
     if uses_embedded_broker(settings):
         folder = str(settings.broker_dir.resolve())
         for path in (settings.broker_dir, settings.broker_dir.with_name("broker-control")):
             path.mkdir(parents=True, exist_ok=True)
-        config["broker_url"] = "filesystem://"
+        config["broker_url"] = f"{embedded_broker.SCHEME}://"
         config["broker_transport_options"] = {
             "data_folder_in": folder,
             "data_folder_out": folder,
@@ -80,6 +88,11 @@ def get_celery() -> Celery:
 
 def publish_job(job_id: str) -> None:
     get_celery().send_task(RUN_JOB_TASK, args=[job_id])
+
+
+def publish_chat(request_id: str) -> None:
+    """Ring a chat process's doorbell for a committed chat request; the caller answers if this fails."""
+    get_celery().send_task(CHAT_TASK, args=[request_id])
 
 
 def publish_after_commit(session: Session, job_id: str) -> None:

@@ -1,0 +1,84 @@
+"""The worker's report writer: steps hand their numbers over and go on; the database gets them in batches,
+every metrics point in order and the latest progress, with nothing lost when the run ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from loraq.core.db import get_engine, get_sessionmaker
+from loraq.core.settings import get_settings
+from loraq.jobs import repository, runs
+from loraq.jobs.states import Lease
+from tests.helpers import migrated_engine, new_job
+from tests.stack import wait_for
+from worker.report_writer import ReportWriter
+
+
+@pytest.fixture
+def leased_job(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Session, Lease]]:
+    """A claimed job in a database that the worker's own session_scope() writes to."""
+    migrated_engine(database_url).dispose()
+    monkeypatch.setenv("LORAQ_DATABASE_URL", database_url)
+    for cached in (get_settings, get_engine, get_sessionmaker):
+        cached.cache_clear()
+    with get_sessionmaker()() as session:
+        lease = runs.claim(session, new_job(session), owner="w1", lease_seconds=30, max_attempts=3)
+        session.commit()
+        assert lease is not None
+        yield session, lease
+    get_engine().dispose()
+    for cached in (get_settings, get_engine, get_sessionmaker):
+        cached.cache_clear()
+
+
+def metrics_steps(session: Session, lease: Lease) -> list[int]:
+    project_id = repository.get_job_for_worker(session, lease.job_id).project_id
+    events = repository.list_events(
+        session, project_id=project_id, job_id=lease.job_id, after=None, limit=100
+    )
+    return [e.data["step"] for e in reversed(events.items) if e.type == "metrics"]
+
+
+def test_a_run_of_steps_is_written_in_one_commit_with_nothing_lost(
+    leased_job: tuple[Session, Lease],
+) -> None:
+    session, lease = leased_job
+    commits: list[object] = []
+    event.listen(get_engine(), "commit", commits.append)
+    with ReportWriter(lease, interval=3600) as writer:  # no timed flush: only the close writes
+        for step in range(1, 41):
+            writer.progress({"step": step, "total_steps": 40})
+            writer.metrics(step, {"train_loss": 1.0 / step})
+        assert commits == []  # the steps handed their numbers over without touching the database
+    assert len(commits) == 1
+    session.expire_all()
+    assert metrics_steps(session, lease) == list(range(1, 41))
+    assert repository.get_job_for_worker(session, lease.job_id).progress == {"step": 40, "total_steps": 40}
+
+
+def test_the_writer_flushes_on_its_own_while_training_goes_on(leased_job: tuple[Session, Lease]) -> None:
+    session, lease = leased_job
+    with ReportWriter(lease, interval=0.05) as writer:
+        writer.metrics(1, {"train_loss": 2.0})
+
+        def written() -> bool:
+            session.expire_all()
+            return metrics_steps(session, lease) == [1]
+
+        wait_for(written, timeout=30, what="the writer's own flush")
+
+
+def test_a_cancelled_job_refuses_the_batch_and_the_writer_says_so(leased_job: tuple[Session, Lease]) -> None:
+    session, lease = leased_job
+    assert runs.cancel(session, lease.job_id)
+    session.commit()
+    with ReportWriter(lease, interval=3600) as writer:
+        writer.metrics(1, {"train_loss": 2.0})
+        assert not writer.flush()
+        assert writer.refused.is_set()
+    session.expire_all()
+    assert metrics_steps(session, lease) == []
