@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
+from api.admission import Admission
 from api.errors import install_error_handlers
 from api.limits import AuthenticateFirst, BodyLimitMiddleware
-from api.routes import files, health, jobs, models, projects, workers
+from api.routes import chat, files, health, jobs, models, projects, webhooks, workers
 from api.schemas.common import ErrorResponse
 from loraq.core.settings import get_settings
+from loraq.jobs.estimate_pool import shutdown_estimator
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    # Threads and connections sized together: Admission lets in no more requests than there are threads.
+    anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
+    yield
+    shutdown_estimator()
 
 
 def create_app() -> FastAPI:
@@ -25,6 +39,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="LoRA/QLoRA fine-tuning as a job queue, shaped like OpenAI's fine-tuning API.",
         responses={status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 429, 503)},
+        lifespan=lifespan,
     )
     settings = get_settings()
     # Multipart framing adds a little to the file itself, whose own limit the upload checks.
@@ -34,11 +49,23 @@ def create_app() -> FastAPI:
         json_limit=settings.max_json_body_bytes,
         upload_routes=frozenset({("POST", "/v1/files")}),
     )
-    # Added last, so it runs first: no byte of a body is read before its key is known to be good.
+    # Added late, so it runs early: no byte of a body is read before its key is known to be good.
     app.add_middleware(AuthenticateFirst, prefix="/v1/")
+    # Added after, so it runs before: a request waits for a slot before it touches the database.
+    app.add_middleware(
+        Admission,
+        slots=settings.api_threads,
+        wait_seconds=settings.db_pool_timeout_seconds,
+        # An upload holds no connection while its body streams; a chat none while it waits for its answer.
+        exempt=frozenset({("POST", "/v1/files"), ("POST", "/v1/chat/completions")}),
+    )
     install_error_handlers(app)
-    for module in (health, files, jobs, models, projects, workers):
+    for module in (health, files, jobs, models, projects, workers, webhooks, chat):
         app.include_router(module.router)
+    app.include_router(projects.me_router)
+
+    # The dashboard: plain ES modules and vendored libraries from the package, no CDN and no build step.
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:

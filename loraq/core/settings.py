@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     max_job_attempts: int = Field(default=3, ge=1)
     max_job_runtime_seconds: int = Field(default=24 * 3600, ge=60)
     reconcile_seconds: float = Field(default=15, gt=0)
+    # A job's progress and metrics are committed in batches at most this often, off the training thread.
+    report_interval_seconds: float = Field(default=1.0, gt=0)
+    # Each job runs in a fresh child forked from the worker: importing torch and transformers there
+    # once, not in every child, saves each job seconds before it loads anything.
+    worker_preload: bool = Field(default=True, description="Import the training stack before forking.")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_line_bytes: int = Field(default=1_000_000, ge=1024)
     max_json_body_bytes: int = Field(default=1 << 20, ge=1024, description="Every request but uploads.")
@@ -46,9 +51,42 @@ class Settings(BaseSettings):
     default_max_running_jobs: int = Field(default=4, ge=1)
     default_max_queued_jobs: int = Field(default=100, ge=1)
     default_max_storage_bytes: int = Field(default=50 << 30, ge=1)
+    # The API serves this many requests at once (its thread pool); more wait at the door, up to
+    # db_pool_timeout_seconds, then get a 503 with Retry-After. Each holds at most one connection.
+    api_threads: int = Field(default=32, ge=1, description="Requests one API process serves at once.")
+    api_workers: int = Field(default=1, ge=1, description="API processes (uvicorn --workers).")
+    db_pool_size: int = Field(default=40, ge=1, description="Connections per process; above api_threads.")
+    db_pool_timeout_seconds: float = Field(
+        default=3, gt=0, description="The longest wait for a free slot or connection before a 503."
+    )
     log_format: Literal["text", "json"] = Field(
         default="text", description="text: for people; json: one object a line, for log shippers."
     )
+    # Webhooks go to public https URLs only, unless the operator allows more (a private network allows http).
+    webhook_allow_private_networks: bool = False
+    webhook_allow_http: bool = False
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=60)
+    # Multiplies the retry schedule's delays (5 s ... 10 h, about 26 h in all); tests shrink it.
+    webhook_retry_scale: float = Field(default=1.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_secrets_key: SecretStr = Field(
+        default=SecretStr(""), description="A Fernet key; set, webhook signing secrets are stored encrypted."
+    )
+    # /v1/chat/completions: answered by each worker's chat process, which keeps models loaded.
+    chat_max_completion_tokens: int = Field(default=512, ge=1, description="The most tokens one answer has.")
+    chat_timeout_seconds: float = Field(default=120, gt=0, description="The longest a chat request waits.")
+    chat_max_base_models: int = Field(default=1, ge=1, description="Base models a chat process keeps loaded.")
+    chat_max_adapters: int = Field(default=4, ge=1, description="Adapters a chat process keeps loaded.")
+
+    @field_validator("webhook_secrets_key")
+    @classmethod
+    def _usable_fernet_key(cls, key: SecretStr) -> SecretStr:
+        # A bad key must stop the start, not every delivery later.
+        if key.get_secret_value():
+            from cryptography.fernet import Fernet
+
+            Fernet(key.get_secret_value().encode())
+        return key
 
     @model_validator(mode="after")
     def _refuse_embedded_defaults_in_production(self) -> Settings:
