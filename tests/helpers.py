@@ -40,6 +40,8 @@ FAST_TIMINGS = {
     "LORAQ_HEARTBEAT_SECONDS": "1",
     "LORAQ_LEASE_SECONDS": "6",
     "LORAQ_RECONCILE_SECONDS": "2",
+    # Tests that act between two steps (kill past a checkpoint) need to see steps as they come.
+    "LORAQ_REPORT_INTERVAL_SECONDS": "0.2",
 }
 
 FINISHED = frozenset(status.value for status in TERMINAL)

@@ -177,7 +177,8 @@ def killed_and_resumed(stack: Stack) -> Iterator[KilledAndResumed]:
 
         def between_checkpoints() -> bool:
             step = max(metrics_steps(all_events(client, job["id"])), default=0)
-            return step > save_steps and step % save_steps in (1, 2)
+            # Steps arrive in batches: any of the first three past a checkpoint leaves room to kill.
+            return step > save_steps and step % save_steps in (1, 2, 3)
 
         wait_for(between_checkpoints, timeout=180, interval=0.1, what="a step just past a checkpoint")
         scratch = sorted((stack.home / "scratch").glob(f"{job['id']}*"))
