@@ -15,6 +15,7 @@ from fastapi_offline import FastAPIOffline
 from api.admission import Admission
 from api.errors import install_error_handlers
 from api.limits import AuthenticateFirst, BodyLimitMiddleware
+from api.page_policy import PagesLoadFromHere
 from api.routes import chat, files, health, jobs, models, projects, webhooks, workers
 from api.schemas.common import ErrorResponse
 from loraq.core.settings import get_settings
@@ -59,6 +60,7 @@ def create_app() -> FastAPI:
         # An upload holds no connection while its body streams; a chat none while it waits for its answer.
         exempt=frozenset({("POST", "/v1/files"), ("POST", "/v1/chat/completions")}),
     )
+    app.add_middleware(PagesLoadFromHere, paths=frozenset({"/", "/docs", "/redoc"}))
     install_error_handlers(app)
     for module in (health, files, jobs, models, projects, workers, webhooks, chat):
         app.include_router(module.router)
