@@ -96,9 +96,17 @@ class Stack:
         worker.wait(timeout=30)
 
     def stop(self) -> None:
-        for worker in self.workers:
-            if worker.poll() is None:
-                self.kill_worker(worker, signal.SIGTERM)
+        # A teardown asserts nothing about a graceful stop (test_supervision does): workers get a few
+        # seconds to finish, together, then are killed rather than waited on through a job's last steps.
+        running = [worker for worker in self.workers if worker.poll() is None]
+        for worker in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+        for worker in running:
+            try:
+                worker.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.kill_worker(worker)
         if self.api is not None and self.api.poll() is None:
             os.killpg(self.api.pid, signal.SIGTERM)
             self.api.wait(timeout=30)

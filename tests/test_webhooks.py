@@ -159,7 +159,9 @@ def webhook_stack(
         return
     with fresh_postgres_database("webhooks") as database_url:
         env = {**WEBHOOK_ENV, "LORAQ_DATABASE_URL": database_url}
-        env["LORAQ_BROKER_URL"] = request.getfixturevalue("redis_url")
+        # A Redis database of its own: on the suite's, the other Postgres deployment's worker would take
+        # this one's jobs, find no such job in its database, and leave it to the stale-queue sweep.
+        env["LORAQ_BROKER_URL"] = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/1"
         stack = start_stack("webhooks-pg", tmp_path_factory.mktemp("webhooks-pg"), demo_model, env)
         yield stack
         stack.stop()
