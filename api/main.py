@@ -7,7 +7,6 @@ import os
 
 import uvicorn
 
-from api.app import create_app
 from loraq.core.db import session_scope
 from loraq.core.logs import configure_logging
 from loraq.core.migrate import upgrade_to_head
@@ -30,19 +29,22 @@ def main() -> None:
     port = int(os.environ.get("PORT", settings.port))
     log.info("loraq API on http://%s:%s  (admin key: %s)", settings.host, port, settings.admin_key_path)
     # log_config=None: uvicorn keeps the handlers configure_logging installed (plain or JSON lines).
-    if settings.api_workers == 1:
-        uvicorn.run(create_app(), host=settings.host, port=port, log_level="info", log_config=None)
-        return
-    # The API keeps no state of its own: its processes share one socket, each with its own threads and pool.
-    log.info("%d API processes, each serving %d requests at once", settings.api_workers, settings.api_threads)
+    # httptools and uvloop named, not left to "auto": a missing one fails the start instead of quietly
+    # serving at a fraction of the throughput under load (docs/benchmarks.md).
+    workers = settings.api_workers
+    if workers > 1:
+        # The API keeps no state of its own: its processes share one socket, each with its threads and pool.
+        log.info("%d API processes, each serving %d requests at once", workers, settings.api_threads)
     uvicorn.run(
         "api.app:create_app",
         factory=True,
-        workers=settings.api_workers,
+        workers=workers,
         host=settings.host,
         port=port,
         log_level="info",
         log_config=None,
+        http="httptools",
+        loop="uvloop",
     )
 
 
