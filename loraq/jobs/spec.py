@@ -35,6 +35,10 @@ def broken_rule(message: str, *, field: str | None = None) -> PydanticCustomErro
 # The bounds of the fields that "auto" may stand for, shared by the requested and resolved forms.
 Epochs = Annotated[int, Field(ge=1, le=50)]
 BatchSize = Annotated[int, Field(ge=1, le=256)]
+LoggingSteps = Annotated[int, Field(ge=1, le=10_000)]
+# Each logged step is a metrics event row (and a point of the dashboard's curve): "auto" keeps a long
+# job's rows bounded instead of one per step forever.
+MAX_METRICS_POINTS = 1000
 LearningRateMultiplier = Annotated[float, Field(gt=0, le=100)]
 LearningRate = Annotated[float, Field(gt=0, le=1)]
 
@@ -66,7 +70,11 @@ class Hyperparameters(_Strict):
         description="Keep the downloadable adapters of the newest N checkpoints; older ones are deleted "
         "(they count against the project's storage). The final result is always kept.",
     )
-    logging_steps: Annotated[int, Field(ge=1, le=10_000)] = 1
+    logging_steps: LoggingSteps | Auto = Field(
+        default="auto",
+        description="Record the training metrics every N optimizer steps; auto: every step, or every few "
+        f"steps on a long job so it records about {MAX_METRICS_POINTS} of them at most.",
+    )
     train_on_inputs: bool = Field(
         default=False, description="Compute the loss on prompt tokens too, not only on answers."
     )
@@ -98,15 +106,24 @@ class Hyperparameters(_Strict):
         The rule: n_epochs gives small datasets enough passes to learn (about 100 example
         visits, 1 to 10 epochs); batch_size grows with the data (1 per 32 examples,
         1 to 8); the multiplier is 1, so the learning rate is BASE_LEARNING_RATE. Evaluations
-        come with the checkpoints unless eval_steps says otherwise.
+        come with the checkpoints unless eval_steps says otherwise. logging_steps spreads at most
+        MAX_METRICS_POINTS over the job's steps (counted unpacked: packing only makes fewer).
         """
         n = max(n_examples - held_out_count(n_examples, self.validation_split), 1)
         multiplier = 1.0 if self.learning_rate_multiplier == "auto" else self.learning_rate_multiplier
+        n_epochs = self.n_epochs if self.n_epochs != "auto" else min(10, max(1, math.ceil(100 / n)))
+        batch_size = self.batch_size if self.batch_size != "auto" else min(8, max(1, n // 32))
+        steps = n_epochs * math.ceil(math.ceil(n / batch_size) / self.gradient_accumulation_steps)
         return ResolvedHyperparameters.model_validate(
             self.model_dump()
             | {
-                "n_epochs": self.n_epochs if self.n_epochs != "auto" else min(10, max(1, math.ceil(100 / n))),
-                "batch_size": self.batch_size if self.batch_size != "auto" else min(8, max(1, n // 32)),
+                "n_epochs": n_epochs,
+                "batch_size": batch_size,
+                "logging_steps": (
+                    self.logging_steps
+                    if self.logging_steps != "auto"
+                    else min(10_000, max(1, math.ceil(steps / MAX_METRICS_POINTS)))
+                ),
                 "learning_rate_multiplier": multiplier,
                 "learning_rate": self.learning_rate or BASE_LEARNING_RATE * multiplier,
                 "eval_steps": self.eval_steps or self.save_steps,
@@ -121,6 +138,7 @@ class ResolvedHyperparameters(Hyperparameters):
     batch_size: BatchSize
     learning_rate_multiplier: LearningRateMultiplier
     learning_rate: LearningRate
+    logging_steps: LoggingSteps
 
 
 def held_out_count(n_examples: int, validation_split: float | None) -> int:
