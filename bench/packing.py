@@ -6,7 +6,7 @@ machine hits both alike. Useful tokens are the dataset's tokens after truncation
 `train_tokens`, exact for a small file); the time is from the first logged step to the last, so loading
 and export, the same for both, are left out. It prints the median ratio packed / padded and its spread.
 
-    .venv/bin/python bench/packing.py            # about 3 minutes on 2 cores
+    .venv/bin/python bench/packing.py            # about 8 minutes on 2 cores
 """
 
 from __future__ import annotations
