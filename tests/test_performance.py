@@ -117,6 +117,10 @@ def test_a_large_files_estimate_is_sampled_in_another_process(stack: Stack) -> N
         # Tokenized outside the API process: in its spawned estimating process.
         assert stack.api is not None
         children = psutil.Process(stack.api.pid).children()
-        assert any("multiprocessing" in " ".join(child.cmdline()) for child in children)
+        estimators = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+        # ... and at a lower priority than the API, whose requests get the CPU first.
+        assert estimators and all(
+            child.nice() >= psutil.Process(stack.api.pid).nice() + 10 for child in estimators
+        )
         # Asked again: the same answer, from the cache.
         assert client.post("/v1/fine_tuning/jobs/estimate", json=body).json() == estimate

@@ -190,6 +190,10 @@ def verify(secret: str, request: Received) -> dict[str, Any]:
 # --- over real deployments -------------------------------------------------------------------------------
 
 
+# The two tests below run on one deployment each: what differs between the deployments for a delivery
+# (the outbox's claim on SQLite and on Postgres) is tested on both databases by
+# test_the_outbox_claims_retries_and_gives_up; a job's run through both is tested everywhere else.
+@pytest.mark.parametrize("webhook_stack", ["embedded"], indirect=True)
 def test_a_failing_receiver_gets_each_event_once_and_every_delivery_verifies(
     webhook_stack: Stack, receiver: Receiver
 ) -> None:
@@ -242,6 +246,7 @@ def test_a_failing_receiver_gets_each_event_once_and_every_delivery_verifies(
     assert unwrapped.type == "fine_tuning.job.succeeded" and unwrapped.data.id == job_id
 
 
+@pytest.mark.parametrize("webhook_stack", ["postgres"], indirect=True)
 def test_a_worker_or_api_killed_before_the_delivery_still_delivers(webhook_stack: Stack) -> None:
     stack = webhook_stack
     for worker in stack.workers:
