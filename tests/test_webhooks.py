@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +38,7 @@ from loraq.webhooks import service
 from loraq.webhooks.destinations import Attempt, Policy, RefusedDestination, check_url, is_public, send
 from loraq.webhooks.sealing import UnsealError, seal, unseal
 from loraq.webhooks.signing import new_secret, signed_headers
+from loraq.webhooks.tables import WebhookAttempt, WebhookDelivery
 from tests.conftest import fresh_postgres_database
 from tests.helpers import (
     FAST_HYPERPARAMETERS,
@@ -522,6 +524,61 @@ def test_the_outbox_claims_retries_and_gives_up(database_url: str) -> None:
             session, project_id=project_id, endpoint_id=wanted.id, after=None, limit=10
         )
         assert len(attempts[delivery.id]) == len(service.RETRY_DELAYS) + 1 + 2
+    engine.dispose()
+
+
+def test_settled_deliveries_are_deleted_after_their_retention(database_url: str) -> None:
+    engine = migrated_engine(database_url)
+    day = 86_400
+    with Session(engine) as session:
+        # A project of its own: no other test's endpoint gets these jobs' events.
+        project_name = f"retention-{uuid.uuid4().hex}"
+        job_ids = [new_job(session, project_name=project_name) for _ in range(3)]
+        project_id = session.scalars(select(Job.project_id).where(Job.id == job_ids[0])).one()
+        endpoint, _secret = service.create_endpoint(
+            session,
+            project_id=project_id,
+            url="http://127.0.0.1:9/hook",
+            event_types=["fine_tuning.job.cancelled"],
+            description=None,
+            policy=PRIVATE,
+            secrets_key="",
+        )
+        for job_id in job_ids:  # three jobs cancelled: three deliveries to the endpoint
+            assert runs.cancel(session, job_id)
+            session.commit()
+        succeeded, failed, pending = session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.endpoint_id == endpoint.id)
+            .order_by(WebhookDelivery.seq)
+        ).all()
+        for delivery, status_code in ((succeeded, 200), (failed, 500)):
+            delivery.next_attempt_at = 0
+            session.commit()
+            outgoing = service.claim_next(session, lease_seconds=60)
+            assert outgoing is not None and outgoing.delivery_id == delivery.id
+            service.record_attempt(session, outgoing, _attempt(status_code), retry_scale=0.0)
+            session.commit()
+        failed.status = "failed"  # as after its last retry
+        pending.next_attempt_at = time.time() + day  # still retrying
+        for delivery in (succeeded, failed, pending):
+            delivery.created_at -= 31 * day
+        session.commit()
+        ids = {delivery.id for delivery in (succeeded, failed, pending)}
+
+        def remaining() -> set[str]:
+            return set(session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.id.in_(ids))))
+
+        # Inside the retention, or with retention off (0), nothing goes.
+        assert service.prune_deliveries(session, retention_days=32) == 0
+        assert service.prune_deliveries(session, retention_days=0) == 0
+        # Past it, the settled ones go with their attempts; the pending one still has tries left.
+        assert service.prune_deliveries(session, retention_days=30) == 2
+        session.commit()
+        assert remaining() == {pending.id}
+        assert not session.scalars(
+            select(WebhookAttempt).where(WebhookAttempt.delivery_id.in_([succeeded.id, failed.id]))
+        ).all()
     engine.dispose()
 
 

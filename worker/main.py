@@ -46,7 +46,10 @@ def main() -> None:
     # Before the pool forks: the scratch dirs that killed workers of this host left go now.
     remove_stale_scratch(settings.scratch_dir)
     start_registration(interval=settings.heartbeat_seconds)
-    start_reconciler(interval=settings.reconcile_seconds)
+    start_reconciler(
+        interval=settings.reconcile_seconds,
+        delivery_retention_days=settings.webhook_delivery_retention_days,
+    )
     start_webhook_sender(settings)
     stopping = threading.Event()
     threading.Thread(target=_run_chat_process, args=(stopping,), daemon=True).start()

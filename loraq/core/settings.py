@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     # Multiplies the retry schedule's delays (5 s ... 10 h, about 26 h in all); tests shrink it.
     webhook_retry_scale: float = Field(default=1.0, gt=0)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_delivery_retention_days: float = Field(
+        default=30,
+        ge=0,
+        description="Settled deliveries and their attempts are deleted after this; 0 keeps all.",
+    )
     webhook_secrets_key: SecretStr = Field(
         default=SecretStr(""), description="A Fernet key; set, webhook signing secrets are stored encrypted."
     )

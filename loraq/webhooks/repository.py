@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from loraq.core.errors import NotFound
@@ -135,3 +135,21 @@ def finish_claim(session: Session, delivery_id: str, *, token: str, **values: An
         .values(claim_token=None, **values)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
+
+
+def delete_finished_deliveries(session: Session, *, created_before: int, limit: int) -> int:
+    """Delete up to `limit` settled (succeeded or failed) deliveries made before `created_before`, with
+    their attempts, oldest first; how many. Pending ones stay, however old: they still have tries left."""
+    ids = list(
+        session.scalars(
+            select(WebhookDelivery.id)
+            .where(WebhookDelivery.status != PENDING, WebhookDelivery.created_at < created_before)
+            .order_by(WebhookDelivery.seq)
+            .limit(limit)
+        )
+    )
+    if ids:
+        # Explicit, not left to ON DELETE CASCADE: SQLite enforces it only with its foreign_keys pragma.
+        session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+    return len(ids)

@@ -206,3 +206,15 @@ def redeliver(
     delivery.claim_token = None  # an attempt in flight now settles nothing; its log line stays
     session.flush()
     return delivery, list(repository.attempts_of(session, [delivery.id]))
+
+
+# Deleted per pass at most, so one pass is a short transaction however large the backlog.
+PRUNE_BATCH = 1000
+
+
+def prune_deliveries(session: Session, *, retention_days: float, now: float | None = None) -> int:
+    """Delete settled deliveries (and their attempts) older than retention_days; how many. 0 keeps all."""
+    if retention_days <= 0:
+        return 0
+    created_before = int((time.time() if now is None else now) - retention_days * 86_400)
+    return repository.delete_finished_deliveries(session, created_before=created_before, limit=PRUNE_BATCH)
