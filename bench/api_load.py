@@ -156,6 +156,7 @@ async def load(api: Api, paths: list[str], concurrency: int, requests: int) -> d
         async def client_loop() -> None:
             for index in queue:
                 started = time.perf_counter()
+                status: int | str
                 try:
                     status = (await client.get(paths[index % len(paths)])).status_code
                 except httpx.HTTPError as error:

@@ -39,7 +39,10 @@ def main() -> None:
     set_seed(spec["seed"])
     tokenizer = load_tokenizer(args.model_dir, "chat")
     dataset = load_dataset(
-        args.train, dataset_format="chat", tokenizer=tokenizer, max_seq_len=spec["max_seq_len"],
+        args.train,
+        dataset_format="chat",
+        tokenizer=tokenizer,
+        max_seq_len=spec["max_seq_len"],
         train_on_inputs=False,
     )
     train = as_sequences(dataset, packing=spec["packing"], max_seq_len=spec["max_seq_len"])
@@ -48,8 +51,11 @@ def main() -> None:
     model = get_peft_model(
         model,
         LoraConfig(
-            r=spec["r"], lora_alpha=spec["alpha"], lora_dropout=spec["dropout"],
-            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM",
+            r=spec["r"],
+            lora_alpha=spec["alpha"],
+            lora_dropout=spec["dropout"],
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            task_type="CAUSAL_LM",
         ),
     )
     trainer = Trainer(
@@ -73,8 +79,11 @@ def main() -> None:
     trainer.train()
     model.save_pretrained(args.output / "adapter")
     finished = time.monotonic()
-    print(json.dumps({"imports": imported - STARTED, "total": finished - STARTED,
-                      "steps": trainer.state.global_step}))
+    print(
+        json.dumps(
+            {"imports": imported - STARTED, "total": finished - STARTED, "steps": trainer.state.global_step}
+        )
+    )
 
 
 if __name__ == "__main__":

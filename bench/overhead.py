@@ -43,10 +43,12 @@ def chat_examples(n: int, seed: int = 0) -> bytes:
     lines = []
     for i in range(n):
         words = " ".join(f"w{rng.randrange(200)}" for _ in range(rng.randrange(8, 40)))
-        record = {"messages": [
-            {"role": "user", "content": f"Repeat item {i}: {words}"},
-            {"role": "assistant", "content": f"Item {i}: {words}"},
-        ]}
+        record = {
+            "messages": [
+                {"role": "user", "content": f"Repeat item {i}: {words}"},
+                {"role": "assistant", "content": f"Item {i}: {words}"},
+            ]
+        }
         lines.append(json.dumps(record))
     return ("\n".join(lines) + "\n").encode()
 
@@ -79,8 +81,13 @@ class Deployment:
         for name in ("loraq-api", "loraq-worker"):
             log = (self.home / f"{name}.log").open("ab")
             self.processes.append(
-                subprocess.Popen([str(BIN / name)], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                subprocess.Popen(
+                    [str(BIN / name)],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -104,7 +111,7 @@ class Deployment:
         """When the worker claimed the job, from its JSON log line."""
         for line in (self.home / "loraq-worker.log").read_text().splitlines():
             if f"job {job_id} claimed" in line:
-                entry = json.loads(line[line.index("{"):])
+                entry = json.loads(line[line.index("{") :])
                 return datetime.fromisoformat(entry["time"]).timestamp()
         raise RuntimeError(f"no claim of {job_id} in the worker's log")
 
@@ -130,9 +137,10 @@ def run_job(deployment: Deployment, model: str, data: bytes, spec: dict[str, Any
             "training_file": uploaded.json()["id"],
             "seed": spec["seed"],
             "adapter": {"type": "lora", "r": spec["r"], "alpha": spec["alpha"], "dropout": spec["dropout"]},
-            "method": {"type": "supervised", "supervised": {"hyperparameters": {
-                name: spec[name] for name in HYPERPARAMETERS
-            }}},
+            "method": {
+                "type": "supervised",
+                "supervised": {"hyperparameters": {name: spec[name] for name in HYPERPARAMETERS}},
+            },
         }
         started = time.monotonic()
         created = client.post("/v1/fine_tuning/jobs", json=body)
@@ -156,8 +164,15 @@ def run_bare(model_dir: Path, data: bytes, spec: dict[str, Any], scratch: Path) 
     train.write_bytes(data)
     started = time.monotonic()
     subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bare_trainer.py"), str(model_dir), str(train),
-         str(scratch / "bare-out"), "--spec", json.dumps(spec)],
+        [
+            sys.executable,
+            str(REPO / "bench" / "bare_trainer.py"),
+            str(model_dir),
+            str(train),
+            str(scratch / "bare-out"),
+            "--spec",
+            json.dumps(spec),
+        ],
         check=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -182,8 +197,18 @@ def main() -> None:
     parser.add_argument("--broker-url", default="")
     args = parser.parse_args()
 
-    spec = {"seed": 7, "r": 8, "alpha": 16, "dropout": 0.05, "n_epochs": 1, "batch_size": 4,
-            "learning_rate": 2e-4, "max_seq_len": 128, "packing": False, "logging_steps": 1}
+    spec = {
+        "seed": 7,
+        "r": 8,
+        "alpha": 16,
+        "dropout": 0.05,
+        "n_epochs": 1,
+        "batch_size": 4,
+        "learning_rate": 2e-4,
+        "max_seq_len": 128,
+        "packing": False,
+        "logging_steps": 1,
+    }
     sizes = {name: int(count) for name, count in (item.split("=") for item in args.sizes.split(","))}
     with tempfile.TemporaryDirectory(prefix="loraq-overhead-") as tmp:
         scratch = Path(tmp)
@@ -218,8 +243,11 @@ def main() -> None:
                     ratios[name].append(job / bare)
                     walls[name].append((job, bare))
                     pickups.append(pickup)
-                    print(f"  {name}: job {job:.1f}s, bare {bare:.1f}s, ratio {job / bare:.3f}, "
-                          f"pickup {pickup * 1000:.0f} ms", flush=True)
+                    print(
+                        f"  {name}: job {job:.1f}s, bare {bare:.1f}s, ratio {job / bare:.3f}, "
+                        f"pickup {pickup * 1000:.0f} ms",
+                        flush=True,
+                    )
         finally:
             deployment.stop()
     broker = "redis" if args.broker_url else "embedded filesystem broker"
@@ -227,8 +255,10 @@ def main() -> None:
     for name in sizes:
         job_median = statistics.median(job for job, _ in walls[name])
         bare_median = statistics.median(bare for _, bare in walls[name])
-        print(f"{name} ({sizes[name]} examples): job {job_median:.1f}s vs bare {bare_median:.1f}s; "
-              f"wall ratio {summary(ratios[name])}")
+        print(
+            f"{name} ({sizes[name]} examples): job {job_median:.1f}s vs bare {bare_median:.1f}s; "
+            f"wall ratio {summary(ratios[name])}"
+        )
     print(f"queue pickup seconds: {summary(pickups)}")
 
 
