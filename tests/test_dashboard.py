@@ -345,7 +345,8 @@ def test_a_resumed_job_plots_each_step_once(
     stack: Stack, context: BrowserContext, project: dict[str, str]
 ) -> None:
     with stack.client(project["key"]) as client:
-        training = upload(client, slow_dataset(8), "resume.jsonl")
+        # 24 steps, a checkpoint every 3: eight chances to see steps logged past one before the job ends.
+        training = upload(client, slow_dataset(16), "resume.jsonl")
         body = job_body(
             training["id"],
             seed=5,
