@@ -45,6 +45,5 @@ def test_a_long_job_logs_at_most_the_bounded_number_of_points() -> None:
         steps = 2 * n_examples
         assert isinstance(got["logging_steps"], int)
         assert steps // got["logging_steps"] <= MAX_METRICS_POINTS
-        assert (
-            got["logging_steps"] == 1 or steps / (got["logging_steps"] - 1) > MAX_METRICS_POINTS
-        )  # the least
+        # And it is the least such interval.
+        assert got["logging_steps"] == 1 or steps / (got["logging_steps"] - 1) > MAX_METRICS_POINTS

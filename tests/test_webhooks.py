@@ -38,7 +38,7 @@ from loraq.webhooks import service
 from loraq.webhooks.destinations import Attempt, Policy, RefusedDestination, check_url, is_public, send
 from loraq.webhooks.sealing import UnsealError, seal, unseal
 from loraq.webhooks.signing import new_secret, signed_headers
-from loraq.webhooks.tables import WebhookAttempt, WebhookDelivery
+from loraq.webhooks.tables import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from tests.conftest import fresh_postgres_database
 from tests.helpers import (
     FAST_HYPERPARAMETERS,
@@ -459,24 +459,8 @@ def test_the_outbox_claims_retries_and_gives_up(database_url: str) -> None:
     with Session(engine) as session:
         job_id = new_job(session)
         project_id = session.scalars(select(Job.project_id).where(Job.id == job_id)).one()
-        wanted, _secret = service.create_endpoint(
-            session,
-            project_id=project_id,
-            url="http://127.0.0.1:9/hook",
-            event_types=["fine_tuning.job.cancelled"],
-            description=None,
-            policy=PRIVATE,
-            secrets_key="",
-        )
-        service.create_endpoint(
-            session,
-            project_id=project_id,
-            url="http://127.0.0.1:9/other",
-            event_types=["fine_tuning.job.succeeded"],
-            description=None,
-            policy=PRIVATE,
-            secrets_key="",
-        )
+        wanted = loopback_endpoint(session, project_id, "/hook", "fine_tuning.job.cancelled")
+        loopback_endpoint(session, project_id, "/other", "fine_tuning.job.succeeded")
         # The state change writes the delivery in its own transaction, for the endpoints that asked.
         assert runs.cancel(session, job_id)
         session.commit()
@@ -535,15 +519,7 @@ def test_settled_deliveries_are_deleted_after_their_retention(database_url: str)
         project_name = f"retention-{uuid.uuid4().hex}"
         job_ids = [new_job(session, project_name=project_name) for _ in range(3)]
         project_id = session.scalars(select(Job.project_id).where(Job.id == job_ids[0])).one()
-        endpoint, _secret = service.create_endpoint(
-            session,
-            project_id=project_id,
-            url="http://127.0.0.1:9/hook",
-            event_types=["fine_tuning.job.cancelled"],
-            description=None,
-            policy=PRIVATE,
-            secrets_key="",
-        )
+        endpoint = loopback_endpoint(session, project_id, "/hook", "fine_tuning.job.cancelled")
         for job_id in job_ids:  # three jobs cancelled: three deliveries to the endpoint
             assert runs.cancel(session, job_id)
             session.commit()
@@ -583,6 +559,20 @@ def test_settled_deliveries_are_deleted_after_their_retention(database_url: str)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+
+
+def loopback_endpoint(session: Session, project_id: str, path: str, event_type: str) -> WebhookEndpoint:
+    """An endpoint on a closed loopback port, stored with its secret in the clear."""
+    endpoint, _secret = service.create_endpoint(
+        session,
+        project_id=project_id,
+        url=f"http://127.0.0.1:9{path}",
+        event_types=[event_type],
+        description=None,
+        policy=PRIVATE,
+        secrets_key="",
+    )
+    return endpoint
 
 
 def _attempt(status_code: int) -> Attempt:

@@ -212,9 +212,9 @@ def redeliver(
 PRUNE_BATCH = 1000
 
 
-def prune_deliveries(session: Session, *, retention_days: float, now: float | None = None) -> int:
+def prune_deliveries(session: Session, *, retention_days: float) -> int:
     """Delete settled deliveries (and their attempts) older than retention_days; how many. 0 keeps all."""
     if retention_days <= 0:
         return 0
-    created_before = int((time.time() if now is None else now) - retention_days * 86_400)
+    created_before = int(time.time() - retention_days * 86_400)
     return repository.delete_finished_deliveries(session, created_before=created_before, limit=PRUNE_BATCH)
