@@ -229,6 +229,11 @@ def test_a_job_from_upload_to_download(
     expect(page.locator("tbody tr[data-job-id]")).to_have_count(1)
     page.get_by_label("Status").select_option("")
     page.get_by_label("Search").fill("")
+    # A click anywhere on a row opens its job, not only on the id.
+    page.locator(f'tr[data-job-id="{trained_job["id"]}"] td[data-label="Model"]').click()
+    page.wait_for_url(f"**/#/jobs/{trained_job['id']}")
+    page.go_back()
+    expect(page.locator(f'tr[data-job-id="{trained_job["id"]}"]')).to_be_visible()
 
     # Datasets: the uploads, with a preview of the first examples.
     page.get_by_role("link", name="Datasets").click()

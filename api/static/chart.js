@@ -90,7 +90,11 @@ export class LossChart {
         axes: [
           { label: "step" },
           { scale: "loss", label: "loss" },
-          ...(shown.some((s) => s.scale === "lr") ? [{ scale: "lr", side: 1, grid: { show: false } }] : []),
+          ...(shown.some((s) => s.scale === "lr") ? [{
+            scale: "lr", side: 1, grid: { show: false }, size: 64,
+            // uPlot's default labels round to the axis' step: 0.0015 and 0.001 both read "0.001".
+            values: (/** @type {uPlot} */ _u, /** @type {number[]} */ splits) => splits.map((v) => String(Number(v.toPrecision(2)))),
+          }] : []),
         ],
         series: [
           { label: "step" },

@@ -79,7 +79,15 @@ export function jobsView() {
       : null;
     return h(
       "tr",
-      { "data-job-id": job.id, "data-status": job.status },
+      {
+        "data-job-id": job.id, "data-status": job.status, class: "opens",
+        // The whole row opens the job; its id stays the link that keyboards and screen readers use.
+        onclick: (/** @type {MouseEvent} */ event) => {
+          const target = /** @type {Element} */ (event.target);
+          if (target.closest("a, button") || window.getSelection()?.toString()) return;  // a copied id is no click
+          location.hash = `#/jobs/${job.id}`;
+        },
+      },
       h("td", { "data-label": "Job" },
         h("a", { href: `#/jobs/${job.id}`, class: "mono" }, job.id),
         job.suffix ? h("div", { class: "muted" }, job.suffix) : null),
