@@ -197,6 +197,8 @@ def test_a_job_from_upload_to_download(
     wait_for(lambda: len(plotted(page)["steps"]) == 12, timeout=10, what="the trained job's chart")
     evaluation = trained_job.get("evaluation") or {}
     assert plotted(page)["base_valid_loss"] == evaluation.get("base_valid_loss")
+    # The seed as the API gives it, to copy into a spec: digits only, no thousands separators.
+    expect(article.locator("dt:text-is('Seed') + dd")).to_have_text(str(trained_job["seed"]))
     screenshot(page, "job-detail", height=1280)  # the top: progress and the chart
 
     # Cancel a running job from its row.

@@ -103,7 +103,8 @@ export function jobView(jobId) {
     const q = a.quantization;
     spec.replaceChildren(
       facts([
-        ["Model", j.model], ["Fine-tuned model", j.fine_tuned_model], ["Suffix", j.suffix], ["Seed", j.seed],
+        ["Model", j.model], ["Fine-tuned model", j.fine_tuned_model], ["Suffix", j.suffix],
+        ["Seed", j.seed == null ? null : String(j.seed)],  // an identifier to copy: no thousands separators
         ["Training file", j.training_file], ["Validation file", j.validation_file],
         ["Metadata", j.metadata ? JSON.stringify(j.metadata) : null],
         ["Adapter", `${a.type} r=${a.r} alpha=${a.alpha} dropout=${a.dropout}`],
