@@ -253,9 +253,12 @@ metadata:
 def test_create_from_yaml_maps_axolotl_keys(stack: Stack, tmp_path: Path) -> None:
     datasets(tmp_path)
     (tmp_path / "job.yaml").write_text(JOB_YAML.format(model=DEMO_MODEL_NAME))
+    stored = {f["id"] for f in document(loraq("files", "list", "--json", stack=stack))}
     estimate = loraq("jobs", "estimate", "--config", "job.yaml", "--json", stack=stack, cwd=tmp_path)
     assert estimate.returncode == 0, estimate.stderr
     assert document(estimate)["train_examples"] == 9  # 12 less the 25% validation split
+    # The dataset uploaded to estimate it is deleted after: an estimate stores nothing.
+    assert {f["id"] for f in document(loraq("files", "list", "--json", stack=stack))} == stored
 
     flags = ("--config", "job.yaml", "--epochs", "2", "--json")
     created = loraq("jobs", "create", *flags, stack=stack, cwd=tmp_path)
@@ -297,6 +300,18 @@ def test_invalid_specs_exit_3_naming_the_problem(stack: Stack, tmp_path: Path) -
     assert unknown.returncode == 3 and "'lora_rank'" in unknown.stderr
     missing = loraq("jobs", "create", "--model", DEMO_MODEL_NAME, "--training-file", "a/b.jsonl", stack=stack)
     assert missing.returncode == 3 and "no such file" in missing.stderr
+
+    # A create the server refuses deletes the dataset the command uploaded for it: a CI job that retries
+    # a typo must not store its data again each time.
+    stored = {f["id"] for f in document(loraq("files", "list", "--json", stack=stack))}
+    for flags, named in (
+        (["--model", "no-such-model"], "param: model"),
+        (["--model", DEMO_MODEL_NAME, "--epochs", "0"], "param: method.supervised.hyperparameters.n_epochs"),
+    ):
+        refused = loraq("jobs", "create", *flags, "--training-file", train, stack=stack)
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert named in refused.stderr, refused.stderr
+    assert {f["id"] for f in document(loraq("files", "list", "--json", stack=stack))} == stored
     assert loraq("jobs", "get", "ftjob-doesnotexist", stack=stack).returncode == 3
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +16,7 @@ from loraq.cli.jobspec import SpecFlags, upload_local_files
 from loraq.cli.options import shared_options
 from loraq.cli.output import Output
 from loraq.cli.watch import reporter
-from loraq.client import Client, Job
+from loraq.client import Client, InvalidRequestError, Job
 
 app = typer.Typer(
     help="Fine-tuning jobs: create, follow, gate, inspect, cancel, download.", no_args_is_help=True
@@ -80,8 +82,30 @@ Timeout = Annotated[
 PollInterval = Annotated[float, typer.Option(help="Seconds between looks at the job.")]
 
 
-def _body(client: Client, spec: SpecFlags) -> dict[str, Any]:
-    return upload_local_files(spec.draft(), lambda path: client.files.upload(path).id)
+@contextmanager
+def _with_datasets(client: Client, spec: SpecFlags, *, keep: bool) -> Iterator[dict[str, Any]]:
+    """The spec's request body, its local datasets uploaded for it. What this command uploaded is deleted
+    again when the server refuses the request (a 4xx), and after it when `keep` is false (an estimate): a
+    CI job retried with a typo, or a spec estimated over and over, must not store its data each time. After
+    any other failure it stays: a create whose answer was lost may have made a job that needs it."""
+    uploaded: list[str] = []
+
+    def upload(path: Path) -> str:
+        uploaded.append(client.files.upload(path).id)
+        return uploaded[-1]
+
+    try:
+        yield upload_local_files(spec.draft(), upload)
+    except InvalidRequestError:
+        _delete_files(client, uploaded)
+        raise
+    if not keep:
+        _delete_files(client, uploaded)
+
+
+def _delete_files(client: Client, file_ids: list[str]) -> None:
+    for file_id in file_ids:
+        client.files.delete(file_id)
 
 
 @app.command()
@@ -102,7 +126,8 @@ def create(
     A retry after a lost answer sends the same Idempotency-Key: it never makes a second job.
     """
     with output.client() as client:
-        job = client.jobs.create(_body(client, spec))
+        with _with_datasets(client, spec, keep=True) as body:
+            job = client.jobs.create(body)
         if quiet and not output.json:  # the id at once: a CI step has it even if the wait fails
             output.out.print(job.id)
         if not wait:
@@ -176,8 +201,8 @@ def _conclude(output: Output, client: Client, job: Job, gates: Gates, *, quiet: 
 @with_spec
 def estimate(output: Output, spec: SpecFlags) -> None:
     """Examples, tokens, steps and peak memory for this spec, without queueing a job."""
-    with output.client() as client:
-        answer = client.jobs.estimate(_body(client, spec))
+    with output.client() as client, _with_datasets(client, spec, keep=False) as body:
+        answer = client.jobs.estimate(body)
     if output.json:
         output.document(answer)
         return

@@ -48,6 +48,9 @@ class Files:
     def get(self, file_id: str) -> FileObject:
         return FileObject.model_validate(self._http.get(f"/v1/files/{file_id}"))
 
+    def delete(self, file_id: str) -> None:
+        self._http.delete(f"/v1/files/{file_id}")
+
     def download(self, file_id: str, dest: Path | str) -> Path:
         """Write a file's content to dest, and check it against the file's sha256 before it lands there."""
         dest = Path(dest)

@@ -72,6 +72,10 @@ class Http:
         query = {name: value for name, value in params.items() if value is not None}
         return self.call(lambda http: http.get(path, params=query), replayable=True).json()
 
+    def delete(self, path: str) -> Any:
+        """DELETE is idempotent: a lost answer is safely sent again."""
+        return self.call(lambda http: http.delete(path), replayable=True).json()
+
     def post(
         self, path: str, body: Any = None, *, replayable: bool, idempotency_key: str | None = None
     ) -> Any:
