@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
+from loraq.storage.hashing import remembered_sha256_file, sha256_file
 from loraq.storage.stores import ArtifactStore, LocalStore, new_storage_key, store_from_url
 
 # What reading a key that holds nothing raises, on disk and on S3.
@@ -75,3 +77,26 @@ def test_a_moved_file_is_stored_without_being_written_again(store: ArtifactStore
     if isinstance(store, LocalStore):
         # Renamed into place on the same filesystem: the very file the upload was spooled to.
         assert store._path(key).stat().st_ino == inode and not source.exists()
+
+
+def test_a_remembered_hash_is_read_once_per_file_identity(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"a" * 3_000_000)
+    cache = tmp_path / "cache"
+    first = remembered_sha256_file(weights, cache)
+    assert first == sha256_file(weights)
+    # Same size and the old mtime restored: the same identity, so the remembered digest, unread. This is
+    # how the test knows the file was not hashed again; a real base model's files are never edited so.
+    before = weights.stat()
+    weights.write_bytes(b"b" * 3_000_000)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert remembered_sha256_file(weights, cache) == first
+    # A rewrite the usual way (a new mtime), or a replaced file (a new inode): hashed again.
+    weights.write_bytes(b"c" * 3_000_000)
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert remembered_sha256_file(weights, cache) == sha256_file(weights) != first
+    replacement = tmp_path / "new.safetensors"
+    replacement.write_bytes(b"d" * 3_000_000)
+    os.replace(replacement, weights)
+    assert remembered_sha256_file(weights, cache) == sha256_file(weights)
+    assert not list(cache.glob("*.partial"))

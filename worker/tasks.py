@@ -260,6 +260,7 @@ def _train(job: JobSnapshot, scratch: Path, store: ArtifactStore, reporter: JobR
         sample_max_new_tokens=job.sample_max_new_tokens,
         evaluation=job.evaluation,
         base_samples=job.base_samples,
+        hash_cache_dir=settings.hash_cache_dir,
     )
     return train_adapter(request, reporter)
 

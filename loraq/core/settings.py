@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         return self.home / "scratch"
 
     @property
+    def hash_cache_dir(self) -> Path:
+        """Content hashes of large files that do not change (base model weights), by file identity."""
+        return self.home / "cache" / "sha256"
+
+    @property
     def admin_key_path(self) -> Path:
         return self.home / "admin.key"
 

@@ -31,6 +31,8 @@ class TrainingRequest:
     # What an earlier attempt of the job recorded: the base is not measured again when base_samples is set.
     evaluation: dict[str, Any] | None = None
     base_samples: list[dict[str, Any]] | None = None
+    # Where the base model's file hashes are remembered between jobs; None: hashed afresh each time.
+    hash_cache_dir: Path | None = None
 
 
 class Reporter(Protocol):

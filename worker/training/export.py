@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainerState
 
-from loraq.storage.hashing import sha256_file
+from loraq.storage.hashing import remembered_sha256_file, sha256_file
 from worker.training.contracts import TrainingRequest
 from worker.training.model import free_memory, load_base
 
@@ -112,7 +112,7 @@ def build_manifest(
     return {
         "base_model": {
             "name": request.base_model_name,
-            "revision": "sha256:" + base_model_revision(request.base_model_path),
+            "revision": "sha256:" + base_model_revision(request.base_model_path, request.hash_cache_dir),
         },
         "adapter_type": request.adapter.type,
         "quantized_base": base_description,
@@ -137,12 +137,13 @@ def build_manifest(
     }
 
 
-def base_model_revision(base_model_path: Path) -> str:
+def base_model_revision(base_model_path: Path, cache_dir: Path | None = None) -> str:
     """A content hash of the base's config and weights: the revision a local directory lacks."""
     files = sorted({path for pattern in BASE_MODEL_FILES for path in base_model_path.glob(pattern)})
     digest = hashlib.sha256()
     for path in files:
-        digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+        file_digest = sha256_file(path) if cache_dir is None else remembered_sha256_file(path, cache_dir)
+        digest.update(f"{path.name}\0{file_digest}\n".encode())
     return digest.hexdigest()
 
 
