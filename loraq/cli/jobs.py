@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,7 +16,7 @@ from loraq.cli.jobspec import SpecFlags, upload_local_files
 from loraq.cli.options import shared_options
 from loraq.cli.output import Output
 from loraq.cli.watch import reporter
-from loraq.client import Client, InvalidRequestError, Job
+from loraq.client import Client, InvalidRequestError, Job, LoraqClientError
 
 app = typer.Typer(
     help="Fine-tuning jobs: create, follow, gate, inspect, cancel, download.", no_args_is_help=True
@@ -97,7 +97,9 @@ def _with_datasets(client: Client, spec: SpecFlags, *, keep: bool) -> Iterator[d
     try:
         yield upload_local_files(spec.draft(), upload)
     except InvalidRequestError:
-        _delete_files(client, uploaded)
+        # Best effort: the refusal is what the command reports (exit 3), not a failed clean-up.
+        with suppress(LoraqClientError):
+            _delete_files(client, uploaded)
         raise
     if not keep:
         _delete_files(client, uploaded)
