@@ -41,11 +41,15 @@ class Channel(filesystem.Channel):
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         _write_atomically(Path(self.data_folder_out) / name, str_to_bytes(dumps(payload)))
 
+    _claimed: Path | None = None
+
     def _get(self, queue: Any) -> Any:  # type: ignore[override]
         wanted = f"{queue}.msg"
         inbox = Path(self.data_folder_in)
-        claimed = inbox.with_name(inbox.name + "-claimed")
-        claimed.mkdir(exist_ok=True)
+        if self._claimed is None:  # made once, not on every poll (ten a second)
+            self._claimed = inbox.with_name(inbox.name + "-claimed")
+            self._claimed.mkdir(exist_ok=True)
+        claimed = self._claimed
         for name in sorted(os.listdir(inbox)):
             if name.partition(".")[2] != wanted:
                 continue
