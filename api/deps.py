@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from loraq.core.db import session_scope
+from loraq.core.db import get_read_sessionmaker, get_sessionmaker
 from loraq.core.errors import Forbidden, Unauthorized
 from loraq.core.settings import Settings, get_settings
 from loraq.core.text import ID_PATTERN
@@ -16,17 +17,69 @@ from loraq.projects.keys import authenticate
 from loraq.projects.tables import ApiKey
 from loraq.storage.stores import ArtifactStore, get_store
 
+# Requests that only read: their session runs in autocommit mode and refuses to write.
+READ_METHODS = frozenset({"GET", "HEAD"})
 
-def get_session() -> Iterator[Session]:
-    """The request's unit of work: committed here and only here, before the response is sent."""
-    with session_scope() as session:
+# Where AuthenticateFirst leaves the request's key, and the read session it checked the key with, in the
+# ASGI scope's state: a read request looks its key and its data up on one connection.
+API_KEY_STATE = "loraq_api_key"
+READ_SESSION_STATE = "loraq_read_session"
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's unit of work: committed here and only here, before the response is sent.
+
+    A GET or HEAD reads in autocommit mode, on the session its key was checked with. Async, so that
+    making a session (no I/O: it connects on first use, in the route's thread) costs no thread hop.
+    """
+    if request.method in READ_METHODS:
+        session = request.scope.get("state", {}).pop(READ_SESSION_STATE, None) or get_read_sessionmaker()()
+        try:
+            yield session
+        finally:
+            # Nothing to commit or roll back in autocommit mode: the connection goes back to the pool now,
+            # before a long download streams.
+            session.close()
+        return
+    session = get_sessionmaker()()
+    try:
         yield session
+        await run_in_threadpool(_commit_and_close, session)
+    except BaseException:
+        await run_in_threadpool(_roll_back_and_close, session)
+        raise
+
+
+def _commit_and_close(session: Session) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def _roll_back_and_close(session: Session) -> None:
+    try:
+        session.rollback()
+    finally:
+        session.close()
+
+
+async def settings_dependency() -> Settings:
+    return get_settings()
+
+
+async def store_dependency() -> ArtifactStore:
+    return get_store()
 
 
 # scope="function": commit before the response goes out, so a failed commit is the caller's error.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[ArtifactStore, Depends(get_store)]
+# Async: a cached value or a small object, not worth a hop through the thread pool.
+SettingsDep = Annotated[Settings, Depends(settings_dependency)]
+StoreDep = Annotated[ArtifactStore, Depends(store_dependency)]
 
 # An id in a path, and a list's `after` cursor: only what loraq's ids are made of reaches a query.
 ObjectId = Annotated[str, Path(pattern=ID_PATTERN)]
@@ -34,22 +87,22 @@ Cursor = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="The id of the last item of the previous page.")
 ]
 
-# Where AuthenticateFirst leaves the request's key in the ASGI scope's state.
-API_KEY_STATE = "loraq_api_key"
-
-
-def authenticate_bearer(authorization: str | None) -> ApiKey:
+def authenticate_bearer(session: Session, authorization: str | None) -> ApiKey:
     """The live key an `Authorization: Bearer <key>` header names; Unauthorized otherwise."""
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    with session_scope() as session:
-        key = authenticate(session, authorization.split(" ", 1)[1].strip())
+    key = authenticate(session, authorization.split(" ", 1)[1].strip())
     if key is None:
         raise Unauthorized("incorrect API key provided")
     return key
 
 
-def current_key(
+def _authenticate_alone(authorization: str | None) -> ApiKey:
+    with get_read_sessionmaker()() as session:
+        return authenticate_bearer(session, authorization)
+
+
+async def current_key(
     request: Request,
     authorization: Annotated[
         str | None, Header(description="Bearer <API key>; checked before any of the body is read.")
@@ -57,20 +110,20 @@ def current_key(
 ) -> ApiKey:
     # AuthenticateFirst has already checked every /v1 request's key; a route it does not guard checks here.
     key = request.scope.get("state", {}).get(API_KEY_STATE)
-    return key if isinstance(key, ApiKey) else authenticate_bearer(authorization)
+    return key if isinstance(key, ApiKey) else await run_in_threadpool(_authenticate_alone, authorization)
 
 
 CurrentKey = Annotated[ApiKey, Depends(current_key)]
 
 
-def current_project_id(key: CurrentKey) -> str:
+async def current_project_id(key: CurrentKey) -> str:
     return key.project_id
 
 
 ProjectId = Annotated[str, Depends(current_project_id)]
 
 
-def admin_key(key: CurrentKey) -> ApiKey:
+async def admin_key(key: CurrentKey) -> ApiKey:
     if not key.is_admin:
         raise Forbidden("this needs an admin API key")
     return key

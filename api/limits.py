@@ -10,12 +10,15 @@ behind a reset.
 from __future__ import annotations
 
 import anyio.to_thread
+from sqlalchemy.orm import Session
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import API_KEY_STATE, authenticate_bearer
+from api.deps import API_KEY_STATE, READ_METHODS, READ_SESSION_STATE, authenticate_bearer
 from api.errors import error_response, response_for
+from loraq.core.db import get_read_sessionmaker
+from loraq.projects.tables import ApiKey
 
 # Past this much, a client that keeps sending is cut off instead of drained.
 DRAIN_LIMIT_BYTES = 4 << 30
@@ -37,18 +40,33 @@ class AuthenticateFirst:
             await self.app(scope, receive, send)
             return
         authorization = Headers(scope=scope).get("authorization")
-        try:
-            # The key is looked up in the database: off the event loop.
-            key = await anyio.to_thread.run_sync(authenticate_bearer, authorization)
-        except Exception as error:
-            # Outside FastAPI's exception handlers: the same table answers here.
-            response = response_for(error)
-            if response is None:
-                raise
-            await response(scope, receive, send)
-            return
-        scope.setdefault("state", {})[API_KEY_STATE] = key
-        await self.app(scope, receive, send)
+        # A read keeps the session its key was checked with, for its route (api.deps.get_session): one
+        # connection and one thread hop fewer. Any other request lets go of the connection at once: an
+        # upload's body may stream for minutes.
+        reads = scope["method"] in READ_METHODS
+        with get_read_sessionmaker()() as session:  # closed on the way out, whatever the route did with it
+            try:
+                # The key is looked up in the database: off the event loop.
+                key = await anyio.to_thread.run_sync(
+                    authenticate_bearer if reads else _authenticate_and_close, session, authorization
+                )
+            except Exception as error:
+                # Outside FastAPI's exception handlers: the same table answers here.
+                response = response_for(error)
+                if response is None:
+                    raise
+                await response(scope, receive, send)
+                return
+            state = scope.setdefault("state", {})
+            state[API_KEY_STATE] = key
+            if reads:
+                state[READ_SESSION_STATE] = session
+            await self.app(scope, receive, send)
+
+
+def _authenticate_and_close(session: Session, authorization: str | None) -> ApiKey:
+    with session:
+        return authenticate_bearer(session, authorization)
 
 
 class BodyTooLarge(HTTPException):

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from loraq.core.db import get_engine, get_sessionmaker
+from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker
 from loraq.core.settings import get_settings
 from loraq.jobs import repository, runs
 from loraq.jobs.states import Lease
@@ -23,7 +23,7 @@ def leased_job(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
     """A claimed job in a database that the worker's own session_scope() writes to."""
     migrated_engine(database_url).dispose()
     monkeypatch.setenv("LORAQ_DATABASE_URL", database_url)
-    for cached in (get_settings, get_engine, get_sessionmaker):
+    for cached in (get_settings, get_engine, get_sessionmaker, get_read_sessionmaker):
         cached.cache_clear()
     with get_sessionmaker()() as session:
         lease = runs.claim(session, new_job(session), owner="w1", lease_seconds=30, max_attempts=3)
@@ -31,7 +31,7 @@ def leased_job(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
         assert lease is not None
         yield session, lease
     get_engine().dispose()
-    for cached in (get_settings, get_engine, get_sessionmaker):
+    for cached in (get_settings, get_engine, get_sessionmaker, get_read_sessionmaker):
         cached.cache_clear()
 
 

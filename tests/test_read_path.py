@@ -1,0 +1,100 @@
+"""A read (GET) checks its key and reads its data on one pooled connection in autocommit mode: no BEGIN
+and COMMIT round trips, half of a GET's database time. A write keeps its transaction. A read's session
+refuses to write, so a GET that starts writing fails in tests instead of committing half a change."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import Engine, event
+
+from api.app import create_app
+from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker, session_scope
+from loraq.core.settings import get_settings
+from loraq.projects.keys import ensure_admin_key
+from loraq.projects.tables import Project
+from tests.helpers import migrated_engine
+
+CACHED = (get_settings, get_engine, get_sessionmaker, get_read_sessionmaker)
+
+
+@pytest.fixture
+def app_in_process(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FastAPI, str]]:
+    """The API app in this process (so its engine's events can be watched) and its admin key."""
+    migrated_engine(database_url).dispose()
+    monkeypatch.setenv("LORAQ_HOME", str(tmp_path))
+    monkeypatch.setenv("LORAQ_DATABASE_URL", database_url)
+    for cached in CACHED:
+        cached.cache_clear()
+    with session_scope() as session:
+        key = ensure_admin_key(session, tmp_path / "admin.key")
+    assert key is not None
+    yield create_app(), key
+    get_engine().dispose()
+    for cached in CACHED:
+        cached.cache_clear()
+
+
+def _watch(engine: Engine) -> tuple[list[int], list[bool]]:
+    """Pool checkouts, and for each statement whether it ran in autocommit mode."""
+    checkouts: list[int] = []
+    autocommit: list[bool] = []
+    event.listen(engine.pool, "checkout", lambda *_: checkouts.append(1))
+
+    def before_execute(connection: Any, *_: Any) -> None:
+        autocommit.append(connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+    event.listen(engine, "before_cursor_execute", before_execute)
+    return checkouts, autocommit
+
+
+async def _request(app: FastAPI, key: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://loraq", headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+        return await client.request(method, path, **kwargs)
+
+
+def test_a_read_uses_one_connection_in_autocommit_mode(app_in_process: tuple[FastAPI, str]) -> None:
+    app, key = app_in_process
+    checkouts, autocommit = _watch(get_engine())
+
+    answer = asyncio.run(_request(app, key, "GET", "/v1/me"))
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["project_name"] == "default"
+    assert len(checkouts) == 1  # the key's lookup and its project's on the same connection
+    assert len(autocommit) >= 2 and all(autocommit)
+
+
+def test_a_write_keeps_its_transaction(app_in_process: tuple[FastAPI, str]) -> None:
+    app, key = app_in_process
+    checkouts, autocommit = _watch(get_engine())
+
+    answer = asyncio.run(_request(app, key, "POST", "/v1/projects", json={"name": "read-path"}))
+
+    assert answer.status_code == 200, answer.text
+    # The key is checked on a connection let go at once (an upload's body may stream for minutes); the
+    # route's own work is one transaction.
+    assert len(checkouts) == 2
+    assert autocommit[0] is True and autocommit[-1] is False
+    with session_scope() as session:
+        assert session.query(Project).filter_by(id=answer.json()["id"]).count() == 1
+
+
+def test_a_read_session_refuses_to_write(app_in_process: tuple[FastAPI, str]) -> None:
+    with get_read_sessionmaker()() as session:
+        session.add(Project(name="never-stored"))
+        with pytest.raises(RuntimeError, match="read-only"):
+            session.flush()
+    with session_scope() as session:
+        assert session.query(Project).filter_by(name="never-stored").count() == 0
