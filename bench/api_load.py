@@ -56,7 +56,9 @@ def fresh_postgres(admin_url: str, name: str) -> str:
 class Api:
     """One `loraq-api` process on its own home and database."""
 
-    def __init__(self, name: str, home: Path, database_url: str, model_dir: Path) -> None:
+    def __init__(
+        self, name: str, home: Path, database_url: str, model_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.home = home
         self.port = free_port()
@@ -66,6 +68,7 @@ class Api:
             "LORAQ_HOME": str(home),
             "LORAQ_DATABASE_URL": database_url,
             "PORT": str(self.port),
+            **(env or {}),
         }
         log = (home / "api.log").open("ab")
         self.process = subprocess.Popen(

@@ -1,26 +1,80 @@
-"""GET job under wrk: the API's own throughput and latency, with a load generator that costs little CPU.
+"""GET job under wrk: the API's own throughput, latency and CPU per request, with a load generator that
+costs little CPU; optionally side by side with another commit of loraq, interleaved.
 
 `bench/api_load.py` drives the API with Python (httpx), which on a small machine takes about as much CPU
 per request as the API itself. This runs one `loraq-api` (default settings, or whatever LORAQ_* the
 environment sets, e.g. LORAQ_API_WORKERS=2) over N jobs and lets `wrk` (apt-get install wrk) GET them at
-each concurrency for a few seconds.
+each concurrency for a few seconds. With --against REF, a second `loraq-api` runs the code of REF (a git
+worktree, first on PYTHONPATH) on the same database; rounds alternate which goes first, and the CPU the
+API's processes used per request (the figure that host noise moves least) is printed with its ratio.
 
     .venv/bin/python bench/api_wrk.py                       # SQLite, 2,000 jobs, 1/16/64 clients
     LORAQ_API_WORKERS=2 .venv/bin/python bench/api_wrk.py --database postgres
+    .venv/bin/python bench/api_wrk.py --database postgres --jobs 10000 --against HEAD~1 --rounds 3
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.api_load import Api, fresh_postgres, insert_jobs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def api_cpu_seconds(api: Api) -> float:
+    """User + system CPU of the API's process and its children (uvicorn's workers)."""
+    process = psutil.Process(api.process.pid)
+    total = 0.0
+    for each in (process, *process.children(recursive=True)):
+        try:
+            times = each.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_wrk(api: Api, script: Path, clients: int, seconds: int) -> dict[str, Any]:
+    before = api_cpu_seconds(api)
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{clients}", f"-d{seconds}s", "--latency", "-s", str(script),
+         "-H", f"Authorization: Bearer {api.key}", api.url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    cpu = api_cpu_seconds(api) - before
+    lines = out.splitlines()
+    latency = {line.split()[0]: _ms(line.split()[1]) for line in lines if line.strip()[:3] in ("50%", "99%")}
+    requests = int(next(line.split()[0] for line in lines if "requests in" in line))
+    return {
+        "p50": latency["50%"],
+        "p99": latency["99%"],
+        "rate": float(next(line.split()[1] for line in lines if line.startswith("Requests/sec"))),
+        "cpu_ms": cpu * 1000 / max(requests, 1),
+        "errors": [line.strip() for line in lines if "Non-2xx" in line or "Socket errors" in line],
+    }
+
+
+def _ms(value: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if value.endswith(unit):
+            return float(value[: -len(unit)]) * factor
+    raise ValueError(value)
+
+
+def _ratio(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
 
 def main() -> None:
@@ -32,6 +86,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--seconds", type=int, default=8, help="per concurrency")
     parser.add_argument("--clients", default="1,16,64")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--against", metavar="REF", help="also run this commit's API, interleaved")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -39,59 +95,70 @@ def main() -> None:
     from worker.demo_model import ensure_demo_model
 
     work = Path(tempfile.mkdtemp(prefix="loraq-api-wrk-"))
-    model = ensure_demo_model(work / "model-src")
-    (work / args.database).mkdir()
-    url = (
-        f"sqlite:///{work / 'sqlite' / 'loraq.db'}"
-        if args.database == "sqlite"
-        else fresh_postgres(args.postgres, "loraq_api_wrk")
-    )
-    api = Api(args.database, work / args.database, url, model)
-    ids = insert_jobs(url, args.jobs)
-    # wrk asks for one path at a time: a Lua script walks 500 of the jobs round robin.
-    script = work / "paths.lua"
-    paths = ",".join(f'"/v1/fine_tuning/jobs/{job_id}"' for job_id in ids[:500])
-    script.write_text(
-        f"paths = {{{paths}}}\ncounter = 0\n"
-        "request = function()\n  counter = counter + 1\n"
-        "  return wrk.format('GET', paths[(counter % #paths) + 1])\nend\n"
-    )
-    print(f"{args.database}, {args.jobs} jobs; GET job under wrk, {args.seconds} s per row")
-    print(f"{'clients':>7} {'p50':>10} {'p99':>10} {'req/s':>8}  errors")
+    apis: list[Api] = []
     try:
-        for clients in (int(c) for c in args.clients.split(",")):
-            out = subprocess.run(
-                [
-                    "wrk",
-                    "-t1",
-                    f"-c{clients}",
-                    f"-d{args.seconds}s",
-                    "--latency",
-                    "-s",
-                    str(script),
-                    "-H",
-                    f"Authorization: Bearer {api.key}",
-                    api.url,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            fields = {
-                line.split()[0]: line.split()[1]
-                for line in out.splitlines()
-                if line.strip()[:3] in ("50%", "99%")
-            }
-            rate = next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec"))
-            errors = [
-                line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line
-            ]
+        model = ensure_demo_model(work / "model-src")
+        url = (
+            f"sqlite:///{work / 'loraq.db'}"
+            if args.database == "sqlite"
+            else fresh_postgres(args.postgres, "loraq_api_wrk")
+        )
+        (work / "this").mkdir()
+        apis.append(Api("this", work / "this", url, model))
+        if args.against:
+            tree = work / "against-tree"
+            subprocess.run(
+                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.against],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            (work / "against").mkdir()
+            apis.append(Api(args.against, work / "against", url, model, env={"PYTHONPATH": str(tree)}))
+        ids = insert_jobs(url, args.jobs)
+        # wrk asks for one path at a time: a Lua script walks 500 of the jobs round robin.
+        script = work / "paths.lua"
+        paths = ",".join(f'"/v1/fine_tuning/jobs/{job_id}"' for job_id in ids[:500])
+        script.write_text(
+            f"paths = {{{paths}}}\ncounter = 0\n"
+            "request = function()\n  counter = counter + 1\n"
+            "  return wrk.format('GET', paths[(counter % #paths) + 1])\nend\n"
+        )
+        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        clients_list = [int(c) for c in args.clients.split(",")]
+        for round_index in range(args.rounds):
+            for clients in clients_list:
+                for api in apis if round_index % 2 == 0 else reversed(apis):
+                    run_wrk(api, script, 4, 1)  # warm: connections made, statements prepared
+                    results.setdefault((api.name, clients), []).append(
+                        run_wrk(api, script, clients, args.seconds)
+                    )
+        print(
+            f"\n{args.database}, {args.jobs} jobs; GET job under wrk, {args.seconds} s per cell,"
+            f" {args.rounds} round(s), medians (CPU: the API's processes, per request)"
+        )
+        print(f"{'code':>8} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'CPU ms':>7}  errors")
+        for (name, clients), cells in results.items():
+            errors = sorted({error for cell in cells for error in cell["errors"]})
             print(
-                f"{clients:>7} {fields['50%']:>10} {fields['99%']:>10} {rate:>8}",
+                f"{name:>8} {clients:>7} {statistics.median(c['p50'] for c in cells):8.1f}"
+                f" {statistics.median(c['p99'] for c in cells):8.1f}"
+                f" {statistics.median(c['rate'] for c in cells):8.0f}"
+                f" {statistics.median(c['cpu_ms'] for c in cells):7.2f} ",
                 "; ".join(errors) or "no errors",
             )
+        if args.against:
+            print(f"\nthis / {args.against}, per round (CPU ms per request; req/s):")
+            for clients in clients_list:
+                pairs = list(zip(results[("this", clients)], results[(args.against, clients)], strict=True))
+                print(
+                    f"{clients:>3} clients: CPU {_ratio([a['cpu_ms'] / b['cpu_ms'] for a, b in pairs])},"
+                    f" req/s {_ratio([a['rate'] / b['rate'] for a, b in pairs])}"
+                )
     finally:
-        api.stop()
+        for api in apis:
+            api.stop()
+        if args.against:
+            tree = work / "against-tree"
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
 
