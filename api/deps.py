@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Path, Query, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from loraq.core.db import get_read_sessionmaker, get_sessionmaker
+from loraq.core.db import end_session, get_read_sessionmaker, get_sessionmaker
 from loraq.core.errors import Forbidden, Unauthorized
 from loraq.core.settings import Settings, get_settings
 from loraq.core.text import ID_PATTERN
@@ -44,27 +44,10 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
     session = get_sessionmaker()()
     try:
         yield session
-        await run_in_threadpool(_commit_and_close, session)
     except BaseException:
-        await run_in_threadpool(_roll_back_and_close, session)
+        await run_in_threadpool(end_session, session, commit=False)
         raise
-
-
-def _commit_and_close(session: Session) -> None:
-    try:
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
-
-
-def _roll_back_and_close(session: Session) -> None:
-    try:
-        session.rollback()
-    finally:
-        session.close()
+    await run_in_threadpool(end_session, session, commit=True)
 
 
 async def settings_dependency() -> Settings:

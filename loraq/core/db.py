@@ -88,7 +88,20 @@ def session_scope() -> Iterator[Session]:
     session = get_sessionmaker()()
     try:
         yield session
-        session.commit()
+    except BaseException:
+        end_session(session, commit=False)
+        raise
+    end_session(session, commit=True)
+
+
+def end_session(session: Session, *, commit: bool) -> None:
+    """Commit (roll back after an error) and close: the one commit point, for session_scope and for an
+    API request's session (api/deps.py), which opens on the event loop and ends in the thread pool."""
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
     except BaseException:
         session.rollback()
         raise
