@@ -70,6 +70,7 @@ Cursor = Annotated[
     str | None, Query(pattern=ID_PATTERN, description="The id of the last item of the previous page.")
 ]
 
+
 def authenticate_bearer(session: Session, authorization: str | None) -> ApiKey:
     """The live key an `Authorization: Bearer <key>` header names; Unauthorized otherwise."""
     if not authorization or not authorization.lower().startswith("bearer "):

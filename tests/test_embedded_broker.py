@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from pathlib import Path
 
 from kombu import Connection, Exchange, Queue
@@ -104,3 +106,28 @@ def test_queues_bound_while_others_publish_are_all_routed(tmp_path: Path) -> Non
         conn.SimpleQueue("q0").put({"n": 1})
         assert conn.SimpleQueue("q0").get(timeout=5).payload == {"n": 1}
     assert list((tmp_path / "broker-claimed").iterdir()) == []
+
+
+def test_a_new_consumer_removes_what_killed_processes_left_behind(tmp_path: Path) -> None:
+    folder = tmp_path / "broker"
+    claimed = tmp_path / "broker-claimed"
+    folder.mkdir()
+    claimed.mkdir()
+    stale = time.time() - 2 * embedded_broker.LEFTOVER_SECONDS
+    left = {
+        "claimed_by_the_dead": claimed / "1_a.sweep.msg",
+        "half_written": folder / "1_b.sweep.msg.0123.partial",
+    }
+    kept = {"just_claimed": claimed / "2_c.sweep.msg", "just_writing": folder / "2_d.sweep.msg.4567.partial"}
+    for path in [*left.values(), *kept.values()]:
+        path.write_bytes(b"{}")
+    for path in left.values():
+        os.utime(path, (stale, stale))
+
+    with connection(folder) as conn:
+        queue = conn.SimpleQueue("sweep")  # a queue no other test of this process bound
+        queue.put({"n": 1})
+        assert queue.get(timeout=10).payload == {"n": 1}
+
+    assert not any(path.exists() for path in left.values())
+    assert all(path.exists() for path in kept.values())

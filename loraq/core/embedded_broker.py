@@ -12,11 +12,12 @@ is atomic.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from time import monotonic
+from time import monotonic, time
 from typing import Any
 
 from kombu.transport import TRANSPORT_ALIASES, filesystem
@@ -35,6 +36,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
+# A claimed or partial file this old was left by a process that died holding it.
+LEFTOVER_SECONDS = 60
+
+
+def _remove_older_than(folder: Path, suffix: str, seconds: float) -> None:
+    cutoff = time() - seconds
+    for entry in os.scandir(folder):
+        if entry.name.endswith(suffix) and entry.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+
+
 class Channel(filesystem.Channel):
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as kombu names it
         # kombu's own naming: time-ordered, and its readers pick "<name>.<queue>.msg" files only.
@@ -49,6 +63,10 @@ class Channel(filesystem.Channel):
         if self._claimed is None:  # made once, not on every poll (ten a second)
             self._claimed = inbox.with_name(inbox.name + "-claimed")
             self._claimed.mkdir(exist_ok=True)
+            # What a killed consumer had claimed but not read (the reconciler has republished its job),
+            # and what a killed publisher had half written: a live one holds either for milliseconds.
+            _remove_older_than(self._claimed, "", LEFTOVER_SECONDS)
+            _remove_older_than(Path(self.data_folder_out), ".partial", LEFTOVER_SECONDS)
         claimed = self._claimed
         for name in sorted(os.listdir(inbox)):
             if name.partition(".")[2] != wanted:
