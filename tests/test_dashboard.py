@@ -299,6 +299,25 @@ def test_no_horizontal_scrolling_on_a_phone(
         context.close()
 
 
+def test_no_column_heading_breaks_mid_word(
+    stack: Stack, context: BrowserContext, trained_job: dict[str, Any]
+) -> None:
+    page = context.new_page()
+    sign_in(page, stack, trained_job["key"])
+    page.goto(f"{stack.base_url}/#/jobs/{trained_job['id']}")
+    page.locator("#events tbody tr >> nth=0").wait_for(state="attached")
+    # Each heading's text on one line: the page breaks long words anywhere, and a narrow column took
+    # "Level" apart ("Lev" / "el").
+    broken = page.evaluate(
+        """[...document.querySelectorAll("thead th")].filter((th) => {
+            const text = document.createRange();
+            text.selectNodeContents(th);
+            return new Set([...text.getClientRects()].map((r) => Math.round(r.top))).size > 1;
+        }).map((th) => th.textContent)"""
+    )
+    assert broken == []
+
+
 def test_works_with_no_internet(stack: Stack, browser: Browser, trained_job: dict[str, Any]) -> None:
     """Every request to a host other than the server's is cut off: the dashboard and /docs still load."""
     context = browser.new_context(viewport=DESKTOP)
