@@ -68,8 +68,9 @@ def get_sessionmaker() -> sessionmaker[Session]:
 @lru_cache
 def get_read_sessionmaker() -> sessionmaker[Session]:
     """Sessions that only read, in autocommit mode: each statement runs alone, with no BEGIN and COMMIT
-    round trips around it (half a GET's database time, measured). At READ COMMITTED, Postgres's and
-    loraq's level, a transaction would give a series of reads no more consistency than this."""
+    round trips around it (half a GET's database time, measured). On Postgres, at READ COMMITTED (its
+    default, and loraq's), a transaction would give a series of reads no more consistency than this; on
+    SQLite each statement reads the latest commit."""
     readers = sessionmaker(
         bind=get_engine().execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )
