@@ -26,9 +26,12 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 @schema.parametrize()
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_route_holds_its_schema(case: schemathesis.Case, stack: Stack) -> None:
+    # /readyz answers its documented 503 whenever no worker is alive (between two tests that kill one,
+    # say): a reading, not a server error. Its status and body are still checked against the schema.
+    checks = [check for check in CHECKS if not (case.path == "/readyz" and check is not_a_server_error)]
     case.call_and_validate(
         base_url=stack.base_url,
         headers={"Authorization": f"Bearer {stack.admin_key}"},
-        checks=CHECKS,
+        checks=checks,
         timeout=30,
     )
