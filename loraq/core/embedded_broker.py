@@ -25,15 +25,11 @@ from kombu.transport.virtual import Channel as VirtualChannel
 from kombu.utils.encoding import bytes_to_str, str_to_bytes
 from kombu.utils.json import dumps, loads
 
+from loraq.storage.atomic import write_atomically
+
 SCHEME = "loraq-filesystem"
 
 Table = list[filesystem.exchange_queue_t]
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
 
 
 # A claimed or partial file this old was left by a process that died holding it.
@@ -53,7 +49,7 @@ class Channel(filesystem.Channel):
     def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]  # as kombu names it
         # kombu's own naming: time-ordered, and its readers pick "<name>.<queue>.msg" files only.
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
-        _write_atomically(Path(self.data_folder_out) / name, str_to_bytes(dumps(payload)))
+        write_atomically(Path(self.data_folder_out) / name, str_to_bytes(dumps(payload)))
 
     _claimed: Path | None = None
 
@@ -109,7 +105,7 @@ class Channel(filesystem.Channel):
                 table = self.get_table(exchange)
                 updated = change(table)
                 if updated != table or not path.exists():
-                    _write_atomically(path, str_to_bytes(dumps(updated)))
+                    write_atomically(path, str_to_bytes(dumps(updated)))
             finally:
                 filesystem.unlock(guard)
 

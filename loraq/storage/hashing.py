@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+from loraq.storage.atomic import write_atomically
 
 CHUNK_BYTES = 1 << 20
 
@@ -46,7 +47,5 @@ def remembered_sha256_file(path: Path, cache_dir: Path) -> str:
         return remembered
     digest = sha256_file(path)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = entry.with_name(f"{entry.name}.{os.getpid()}.partial")  # workers may hash the same file at once
-    partial.write_text(digest)
-    os.replace(partial, entry)
+    write_atomically(entry, digest.encode())  # workers may hash the same file at once
     return digest
