@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from loraq.core.errors import NotFound
@@ -70,10 +70,14 @@ def get_key(session: Session, *, project_id: str, key_id: str) -> ApiKey:
     return key
 
 
+# Every request runs this: built once, so SQLAlchemy neither rebuilds it nor recomputes its cache key.
+_LIVE_KEY_BY_HASH = select(ApiKey).where(
+    ApiKey.key_hash == bindparam("key_hash"), ApiKey.revoked_at.is_(None)
+)
+
+
 def live_key_by_hash(session: Session, key_hash: str) -> ApiKey | None:
-    return session.scalars(
-        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
-    ).one_or_none()
+    return session.scalars(_LIVE_KEY_BY_HASH, {"key_hash": key_hash}).one_or_none()
 
 
 def idempotency_record(session: Session, *, project_id: str, key: str) -> IdempotencyRecord | None:
