@@ -13,6 +13,7 @@ from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker
 from loraq.core.settings import get_settings
 from loraq.jobs import repository, runs
 from loraq.jobs.states import Lease
+from loraq.jobs.tables import JobEvent
 from tests.helpers import migrated_engine, new_job
 from tests.stack import wait_for
 from worker.report_writer import ReportWriter
@@ -35,12 +36,17 @@ def leased_job(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[t
         cached.cache_clear()
 
 
-def metrics_steps(session: Session, lease: Lease) -> list[int]:
+def metrics_events(session: Session, lease: Lease) -> list[JobEvent]:
+    """Oldest first."""
     project_id = repository.get_job_for_worker(session, lease.job_id).project_id
     events = repository.list_events(
         session, project_id=project_id, job_id=lease.job_id, after=None, limit=100
     )
-    return [e.data["step"] for e in reversed(events.items) if e.type == "metrics"]
+    return [e for e in reversed(events.items) if e.type == "metrics"]
+
+
+def metrics_steps(session: Session, lease: Lease) -> list[int]:
+    return [e.data["step"] for e in metrics_events(session, lease) if e.data is not None]
 
 
 def test_a_run_of_steps_is_written_in_one_commit_with_nothing_lost(
@@ -82,3 +88,26 @@ def test_a_cancelled_job_refuses_the_batch_and_the_writer_says_so(leased_job: tu
         assert writer.refused.is_set()
     session.expire_all()
     assert metrics_steps(session, lease) == []
+
+
+def test_numbers_json_cannot_hold_are_recorded_as_null_and_block_nothing(
+    leased_job: tuple[Session, Lease],
+) -> None:
+    """fp16's loss scaler logs an infinite grad_norm on every overflow step, and a diverging run a NaN loss.
+    JSON has neither (Postgres refuses the batch outright): they are stored as null, the step's message
+    still says what they were, and the steps after them are recorded as usual."""
+    session, lease = leased_job
+    nan, inf = float("nan"), float("inf")
+    with ReportWriter(lease, interval=3600) as writer:
+        writer.progress({"step": 1, "train_loss": nan})
+        writer.metrics(1, {"train_loss": nan, "grad_norm": inf, "nested": [{"x": -inf}, 1.5]})
+        assert writer.flush()
+        writer.progress({"step": 2, "train_loss": 2.0})
+        writer.metrics(2, {"train_loss": 2.0, "grad_norm": 0.5})
+    session.expire_all()
+    by_step = {e.data["step"]: e for e in metrics_events(session, lease) if e.data is not None}
+    assert by_step[1].data == {"step": 1, "train_loss": None, "grad_norm": None, "nested": [{"x": None}, 1.5]}
+    assert "train_loss=nan" in by_step[1].message and "grad_norm=inf" in by_step[1].message
+    assert by_step[2].data == {"step": 2, "train_loss": 2.0, "grad_norm": 0.5}
+    assert repository.get_job_for_worker(session, lease.job_id).progress == {"step": 2, "train_loss": 2.0}
+

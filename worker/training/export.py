@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainerState
 
+from loraq.core.json_text import to_json
 from loraq.storage.hashing import remembered_sha256_file, sha256_file
 from worker.training.contracts import TrainingRequest
 from worker.training.model import free_memory, load_base
@@ -163,7 +163,7 @@ def describe_device(device: torch.device) -> str:
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    path.write_text(to_json(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def write_metrics(
@@ -176,7 +176,7 @@ def write_metrics(
 
 
 def write_jsonl(path: Path, entries: list[dict[str, Any]]) -> None:
-    lines = (json.dumps(entry, sort_keys=True) + "\n" for entry in entries)
+    lines = (to_json(entry, sort_keys=True) + "\n" for entry in entries)
     path.write_text("".join(lines), encoding="utf-8")
 
 
