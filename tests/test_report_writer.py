@@ -3,10 +3,12 @@ every metrics point in order and the latest progress, with nothing lost when the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.orm import Session
 
 from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker
@@ -111,3 +113,17 @@ def test_numbers_json_cannot_hold_are_recorded_as_null_and_block_nothing(
     assert by_step[2].data == {"step": 2, "train_loss": 2.0, "grad_norm": 0.5}
     assert repository.get_job_for_worker(session, lease.job_id).progress == {"step": 2, "train_loss": 2.0}
 
+
+def test_an_older_sqlite_database_with_nan_in_a_json_column_still_reads(tmp_path: Path) -> None:
+    """SQLite took NaN as JSON text before it was written as null: such a row still reads (and the API's
+    JSON answers null for it)."""
+    engine = migrated_engine(f"sqlite:///{tmp_path / 'older.db'}")
+    with Session(engine) as session:
+        lease = runs.claim(session, new_job(session), owner="w1", lease_seconds=30, max_attempts=3)
+        assert lease is not None and runs.record_reports(session, lease, metrics=[(1, {"train_loss": 1.0})])
+        session.commit()
+        session.execute(text('UPDATE job_events SET data = \'{"step": 1, "train_loss": NaN}\''))
+        session.commit()
+        (older,) = metrics_events(session, lease)
+        assert older.data is not None and math.isnan(older.data["train_loss"])
+    engine.dispose()

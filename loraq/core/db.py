@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from loraq.core.json_text import to_json
+from loraq.core.json_text import from_json, to_json
 from loraq.core.settings import get_settings
 
 # Named constraints so Alembic migrations are identical on SQLite and Postgres.
@@ -40,8 +40,8 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 5) -> Eng
     """An engine whose pool makes a request wait at most pool_timeout for a connection (then PoolTimeout,
     a 503), never the 30 s SQLAlchemy defaults to: the wait that turned overload into a stall."""
     pool = {"pool_size": pool_size, "max_overflow": pool_size // 4, "pool_timeout": pool_timeout}
-    # JSON columns: NaN and Infinity written as null (Postgres refuses them).
-    json_columns = {"json_serializer": to_json}
+    # JSON columns: NaN and Infinity written as null (Postgres refuses them), read with orjson.
+    json_columns = {"json_serializer": to_json, "json_deserializer": from_json}
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, **pool, **json_columns
