@@ -33,6 +33,9 @@ class WebhookDelivery(Base):
         Index("ix_webhook_deliveries_endpoint_id_seq", "endpoint_id", "seq"),
         # The senders' scan: pending deliveries by when they are due.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
+        # The reconciler's prune, every 15 s on every worker: without it, a scan of the whole table
+        # whenever nothing is old enough to delete (90 ms at 500,000 deliveries; 0.06 ms with it).
+        Index("ix_webhook_deliveries_created_at", "created_at"),
     )
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
