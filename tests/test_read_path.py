@@ -13,13 +13,15 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session
 
 from api.app import create_app
 from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker, session_scope
 from loraq.core.settings import get_settings
+from loraq.jobs import repository
 from loraq.projects.keys import ensure_admin_key
 from loraq.projects.tables import Project
-from tests.helpers import migrated_engine
+from tests.helpers import migrated_engine, new_job
 
 CACHED = (get_settings, get_engine, get_sessionmaker, get_read_sessionmaker)
 
@@ -98,3 +100,24 @@ def test_a_read_session_refuses_to_write(app_in_process: tuple[FastAPI, str]) ->
             session.flush()
     with session_scope() as session:
         assert session.query(Project).filter_by(name="never-stored").count() == 0
+
+
+def test_reading_jobs_leaves_the_base_models_answers_in_the_database(database_url: str) -> None:
+    """A job's base_samples (the base model's answers to its samples) are in no API answer: reading a job or
+    a page of jobs does not fetch them; a worker resuming the job still gets them."""
+    engine = migrated_engine(database_url)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _k, statement, *_: statements.append(statement))
+    answers = [{"input": "Hi", "reference": None, "base_output": "x" * 2000}]
+    with Session(engine) as session:
+        job_id = new_job(session, project_name="default")
+        project_id = repository.get_job_for_worker(session, job_id).project_id
+        repository.get_job_for_worker(session, job_id).base_samples = answers
+        session.commit()
+    with Session(engine) as session:
+        statements.clear()
+        repository.get_job(session, project_id=project_id, job_id=job_id)
+        repository.list_jobs(session, project_id=project_id, status=None, metadata={}, after=None, limit=20)
+        assert statements and not any("base_samples" in statement for statement in statements)
+        assert repository.get_job_for_worker(session, job_id).base_samples == answers
+    engine.dispose()

@@ -51,7 +51,8 @@ class Job(Base):
     # Worker-written: the base model's valid loss and the tuned ones (the job's `evaluation` object),
     # and the base model's answers to the samples ({"input", "reference", "base_output"} each).
     evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
-    base_samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    # Deferred: only a worker resuming the job reads it; a page of jobs would decode every answer for nothing.
+    base_samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None, deferred=True)
     created_at: Mapped[int] = mapped_column(BigInteger, default=unix_seconds)
     started_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, default=None)
