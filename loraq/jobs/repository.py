@@ -1,8 +1,9 @@
 """Every SQL statement that touches jobs, their events and checkpoints.
 
-Tenant reads go through `readable_jobs`. Status changes go through `transition`, a conditional
-UPDATE whose WHERE clause holds the state machine's rules (and, for a worker, that it still holds
-the lease), so two processes racing cannot both win.
+Tenant reads go through `readable_jobs` (or `_READABLE_JOB`, its filter built once for the hot read).
+Status changes go through `transition`, a conditional UPDATE whose WHERE clause holds the state
+machine's rules (and, for a worker, that it still holds the lease), so two processes racing cannot
+both win.
 """
 
 from __future__ import annotations
