@@ -127,3 +127,19 @@ def test_an_older_sqlite_database_with_nan_in_a_json_column_still_reads(tmp_path
         (older,) = metrics_events(session, lease)
         assert older.data is not None and math.isnan(older.data["train_loss"])
     engine.dispose()
+
+
+def test_a_batch_the_database_refuses_for_good_does_not_hold_back_the_next(
+    leased_job: tuple[Session, Lease],
+) -> None:
+    """A value the database will never take (Postgres refuses NUL in text; SQLite keeps it) is not retried
+    forever at the head of the queue: the steps after it are recorded."""
+    session, lease = leased_job
+    with ReportWriter(lease, interval=3600) as writer:
+        writer.metrics(1, {"bad\x00name": 1.0})
+        writer.flush()
+        writer.metrics(2, {"train_loss": 2.0})
+        writer.progress({"step": 2})
+    session.expire_all()
+    assert metrics_steps(session, lease)[-1] == 2
+    assert repository.get_job_for_worker(session, lease.job_id).progress == {"step": 2}

@@ -13,7 +13,7 @@ import threading
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from loraq.core.db import session_scope
 from loraq.jobs import runs
@@ -68,6 +68,16 @@ class ReportWriter:
             try:
                 with session_scope() as session:
                     recorded = runs.record_reports(session, self.lease, progress=progress, metrics=metrics)
+            except (DataError, IntegrityError):
+                # The database refuses these values, and would again: kept, the batch would hold back every
+                # later step's numbers for the rest of the run.
+                log.error(
+                    "job %s: the database refused a batch of reports (steps %s); it is dropped",
+                    self.lease.job_id,
+                    [step for step, _ in metrics],
+                    exc_info=True,
+                )
+                return not self.refused.is_set()
             except SQLAlchemyError:
                 self._put_back(progress, metrics)
                 raise
