@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,13 +167,13 @@ def main() -> None:
         sys.exit("valgrind is not installed (apt-get install valgrind)")
 
     sys.path.insert(0, str(REPO))
-    from bench.api_load import fresh_postgres, insert_jobs
+    from bench.api_load import checkout, fresh_postgres, insert_jobs
     from loraq.core.db import session_scope
     from loraq.core.migrate import upgrade_to_head
     from loraq.projects.keys import ensure_admin_key
 
     work = Path(tempfile.mkdtemp(prefix="loraq-api-instructions-"))
-    tree = work / "against-tree"
+    worktrees = ExitStack()
     try:
         url = (
             f"sqlite:///{work / 'loraq.db'}"
@@ -189,11 +190,9 @@ def main() -> None:
         env |= {"BENCH_JOB_IDS": ",".join(ids), "BENCH_KEY": key}
         codes: list[tuple[str, Path | None]] = [("this", None)]
         if args.against:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.against],
-                check=True, capture_output=True,
-            )  # fmt: skip
-            codes.append((args.against, tree))
+            codes.append(
+                (args.against, worktrees.enter_context(checkout(args.against, work / "against-tree")))
+            )
         print(f"\n{args.database}, {args.jobs} jobs; instructions per request, {args.requests} requests each")
         heading = " ".join(f"{name:>14}" for name, _ in codes)
         print(f"{'request':>8} {heading}" + ("   ratio" if args.against else ""))
@@ -202,8 +201,7 @@ def main() -> None:
             ratio = f"   {counts[0] / counts[1]:.3f}x" if len(counts) == 2 else ""
             print(f"{kind:>8} " + " ".join(f"{c:>14,}" for c in counts) + ratio, flush=True)
     finally:
-        if tree.exists():
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+        worktrees.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def checkout(ref: str, where: Path) -> Iterator[Path]:
+    """The code of commit `ref` as a git worktree at `where` (another commit's API, run with it first on
+    PYTHONPATH, beside this checkout's), removed on the way out."""
+    git = ["git", "-C", str(REPO), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(where), ref], check=True, capture_output=True)
+    try:
+        yield where
+    finally:
+        subprocess.run([*git, "remove", "--force", str(where)], check=False)
 
 
 def fresh_postgres(admin_url: str, name: str) -> str:

@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.api_load import Api, fresh_postgres, insert_jobs
-
-REPO = Path(__file__).resolve().parent.parent
+from bench.api_load import Api, checkout, fresh_postgres, insert_jobs
 
 
 def api_cpu_seconds(api: Api) -> float:
@@ -96,6 +95,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="loraq-api-wrk-"))
     apis: list[Api] = []
+    worktrees = ExitStack()
     try:
         model = ensure_demo_model(work / "model-src")
         url = (
@@ -106,11 +106,7 @@ def main() -> None:
         (work / "this").mkdir()
         apis.append(Api("this", work / "this", url, model))
         if args.against:
-            tree = work / "against-tree"
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), args.against],
-                check=True, capture_output=True,
-            )  # fmt: skip
+            tree = worktrees.enter_context(checkout(args.against, work / "against-tree"))
             (work / "against").mkdir()
             apis.append(Api(args.against, work / "against", url, model, env={"PYTHONPATH": str(tree)}))
         ids = insert_jobs(url, args.jobs)
@@ -156,9 +152,7 @@ def main() -> None:
     finally:
         for api in apis:
             api.stop()
-        if args.against:
-            tree = work / "against-tree"
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+        worktrees.close()  # once the API running its code has stopped
         shutil.rmtree(work, ignore_errors=True)
 
 
