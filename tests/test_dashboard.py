@@ -425,3 +425,36 @@ def test_a_resumed_job_plots_each_step_once(
         {"step": 2, "train_loss": 1.5, "valid_loss": 1.7},
         {"step": 3, "train_loss": 1},
     ]
+
+
+def test_accuracy_is_plotted_on_a_fixed_percent_scale(stack: Stack, context: BrowserContext) -> None:
+    """A token accuracy of 0.10-0.14 sits near the bottom of its 0-100% axis, not at the top of a scale
+    fitted to its own range, where it would look like a model that gets every token right."""
+    page = context.new_page()
+    page.goto(stack.base_url + "/")
+    drawn = page.evaluate(
+        """async () => {
+            const { LossChart } = await import("/static/chart.js");
+            const container = document.createElement("div");
+            container.style.width = "800px";
+            document.body.append(container);
+            const chart = new LossChart(container);
+            chart.update([1, 2, 3, 4].map((step) => ({
+                step, train_loss: 4 - step / 4, learning_rate: 0.001,
+                train_mean_token_accuracy: 0.09 + step / 100,
+            })), null);
+            await new Promise((resolve) => requestAnimationFrame(resolve));  // uPlot sets its scales on draw
+            const plot = chart.plot;
+            const accuracyAxis = plot.axes.find((axis) => axis.scale === "acc");
+            return {
+                min: plot.scales.acc.min, max: plot.scales.acc.max,
+                label: accuracyAxis && accuracyAxis.label,
+                ticks: accuracyAxis ? accuracyAxis.values(plot, [0, 0.5, 1]) : null,
+                lossMax: plot.scales.loss.max,
+            };
+        }"""
+    )
+    assert (drawn["min"], drawn["max"]) == (0, 1)
+    assert drawn["label"] == "token accuracy"
+    assert drawn["ticks"] == ["0%", "50%", "100%"]
+    assert 3.75 <= drawn["lossMax"] < 5  # the loss axis still fits the loss

@@ -86,14 +86,20 @@ export class LossChart {
     this.plot = new uPlot(
       {
         ...this.size(),
-        scales: { x: { time: false } },
+        // Accuracy is a fraction: on a fixed 0-100% scale an accuracy of 0.14 reads as 14%, where a
+        // scale fitted to the data would draw it at the top of the plot, like 100%.
+        scales: { x: { time: false }, acc: { auto: false, range: [0, 1] } },
         axes: [
           { label: "step" },
           { scale: "loss", label: "loss" },
           ...(shown.some((s) => s.scale === "lr") ? [{
-            scale: "lr", side: 1, grid: { show: false }, size: 64,
+            scale: "lr", label: "learning rate", side: 1, grid: { show: false }, size: 64,
             // uPlot's default labels round to the axis' step: 0.0015 and 0.001 both read "0.001".
             values: (/** @type {uPlot} */ _u, /** @type {number[]} */ splits) => splits.map((v) => String(Number(v.toPrecision(2)))),
+          }] : []),
+          ...(shown.some((s) => s.scale === "acc") ? [{
+            scale: "acc", label: "token accuracy", side: 1, grid: { show: false }, size: 48,
+            values: (/** @type {uPlot} */ _u, /** @type {number[]} */ splits) => splits.map((v) => `${Math.round(v * 100)}%`),
           }] : []),
         ],
         series: [
