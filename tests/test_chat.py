@@ -78,7 +78,10 @@ def local_answer(demo_model: Path, bundle: Path, messages: list[dict[str, str]],
 
 def test_the_sdk_chats_with_a_base_model(stack: Stack) -> None:
     completion = sdk(stack).chat.completions.create(
-        model=DEMO_MODEL_NAME, messages=QUESTION, max_completion_tokens=6, temperature=0  # type: ignore[arg-type]
+        model=DEMO_MODEL_NAME,
+        messages=QUESTION,
+        max_completion_tokens=6,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")
     assert completion.model == DEMO_MODEL_NAME
@@ -105,7 +108,10 @@ def test_an_ft_model_answers_and_stays_loaded(
 ) -> None:
     fine_tuned = trained["fine_tuned_model"]
     first = sdk(stack).chat.completions.create(
-        model=fine_tuned, messages=QUESTION, max_tokens=4, temperature=0  # type: ignore[arg-type]
+        model=fine_tuned,
+        messages=QUESTION,
+        max_tokens=4,
+        temperature=0,  # type: ignore[arg-type]
     )
     assert first.model == fine_tuned
     # The adapter speaks, as peft loads it from the job's result bundle; the base says something else.

@@ -194,8 +194,9 @@ def test_what_may_have_been_done_is_not_resent_without_a_key() -> None:
     seen: list[httpx.Request] = []
     answers: list[httpx.Response | Exception] = [httpx.ReadError("reset")]
     transport = scripted(answers, seen)
-    with Client("http://loraq", "k", transport=transport, sleep=lambda _: None) as client, pytest.raises(
-        LoraqClientError
+    with (
+        Client("http://loraq", "k", transport=transport, sleep=lambda _: None) as client,
+        pytest.raises(LoraqClientError),
     ):
         client.jobs.cancel("ftjob-1")
     assert len(seen) == 1
@@ -205,9 +206,10 @@ def test_a_5xx_that_outlasts_the_retries_is_a_server_error() -> None:
     seen: list[httpx.Request] = []
     down = {"error": {"message": "down", "type": "server_error"}}
     transport = scripted([httpx.Response(503, json=down) for _ in range(5)], seen)
-    with Client("http://loraq", "k", transport=transport, sleep=lambda _: None) as client, pytest.raises(
-        ServerError
-    ) as error:
+    with (
+        Client("http://loraq", "k", transport=transport, sleep=lambda _: None) as client,
+        pytest.raises(ServerError) as error,
+    ):
         client.models.list()
     assert error.value.status == 503 and error.value.message == "down" and len(seen) == 5
 

@@ -211,8 +211,10 @@ def test_greedy_answers_decode_only_the_new_tokens(demo_model: Path) -> None:
     ("samples", "param"),
     [
         ([{"prompt": "hi"}] * 21, "samples"),
-        ([{"prompt": "hi"}, {"prompt": "hi"}, {"prompt": "hi"}, {"messages": [{"role": "robot"}]}],
-         "samples[3].messages[0].role"),
+        (
+            [{"prompt": "hi"}, {"prompt": "hi"}, {"prompt": "hi"}, {"messages": [{"role": "robot"}]}],
+            "samples[3].messages[0].role",
+        ),
         ([{"messages": [{"role": "assistant", "content": "alone"}]}], "samples[0].messages"),
         ([{"prompt": "hi", "answer": "x"}], "samples[0].answer"),
         ([{"prompt": ""}], "samples[0].prompt"),
