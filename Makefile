@@ -25,6 +25,7 @@ serve: install
 
 lint: install
 	$(VENV)/bin/ruff check loraq api worker tests bench scripts
+	$(VENV)/bin/ruff format --check loraq api worker tests bench scripts
 	$(VENV)/bin/mypy
 
 test: install lint
