@@ -7,6 +7,10 @@ of wall(job) / wall(bare), and the queue pickup (create answered → worker clai
     .venv/bin/python bench/overhead.py                       # embedded deployment (SQLite, filesystem broker)
     .venv/bin/python bench/overhead.py --database-url postgresql://postgres@127.0.0.1/bench \\
         --broker-url redis://127.0.0.1:6379/15               # Postgres + Redis
+
+With --side-by-side the job and the bare script run at the same time, each pinned to a core of its own
+(the cores swap each repeat), so a host whose speed drifts between minutes slows both alike; --control
+adds the bare script against itself on the same two cores, the method's own spread.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -65,8 +70,11 @@ def free_port() -> int:
 class Deployment:
     """`loraq-api` and one `loraq-worker`, as `make serve` runs them."""
 
-    def __init__(self, home: Path, model_root: Path, extra_env: dict[str, str]) -> None:
+    def __init__(
+        self, home: Path, model_root: Path, extra_env: dict[str, str], core: int | None = None
+    ) -> None:
         self.home = home
+        self.core = core  # all its processes on this one CPU (side by side), or wherever the OS puts them
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -85,7 +93,7 @@ class Deployment:
             log = (self.home / f"{name}.log").open("ab")
             self.processes.append(
                 subprocess.Popen(
-                    [str(BIN / name)],
+                    pinned([str(BIN / name)], self.core),
                     env=self.env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -171,27 +179,115 @@ def run_job(deployment: Deployment, model: str, data: bytes, spec: dict[str, Any
     return wall, deployment.logged_at(job_id, "claimed") - created_at
 
 
-def run_bare(model_dir: Path, data: bytes, spec: dict[str, Any], scratch: Path) -> float:
-    """The bare script's wall time, process start to exit, as a person would run it."""
-    train = scratch / "bare-train.jsonl"
+class BareRun(NamedTuple):
+    wall: float  # process start to exit, as a person would run it
+    imports: float  # of which importing torch, transformers and peft (a warm worker has done it already)
+
+
+def run_bare(
+    model_dir: Path, data: bytes, spec: dict[str, Any], scratch: Path, core: int | None = None
+) -> BareRun:
+    """The bare script's wall time, and its imports' share of it."""
+    folder = scratch / f"bare-{core}"
+    folder.mkdir(exist_ok=True)
+    train = folder / "train.jsonl"
     train.write_bytes(data)
     started = time.monotonic()
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "bare_trainer.py"),
-            str(model_dir),
-            str(train),
-            str(scratch / "bare-out"),
-            "--spec",
-            json.dumps(spec),
-        ],
+    finished = subprocess.run(
+        pinned(
+            [
+                sys.executable,
+                str(REPO / "bench" / "bare_trainer.py"),
+                str(model_dir),
+                str(train),
+                str(folder / "out"),
+                "--spec",
+                json.dumps(spec),
+            ],
+            core,
+        ),
         check=True,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
-    return time.monotonic() - started
+    wall = time.monotonic() - started
+    return BareRun(wall, json.loads(finished.stdout.splitlines()[-1])["imports"])
+
+
+def pinned(command: list[str], core: int | None) -> list[str]:
+    """The command run on one CPU only: it, its threads and its children (torch then uses one thread)."""
+    return command if core is None else ["taskset", "--cpu-list", str(core), *command]
+
+
+def side_by_side(args: argparse.Namespace, spec: dict[str, Any], model_dir: Path, scratch: Path) -> None:
+    """The job and the bare script at the same time, each on a core of its own.
+
+    Run one after the other, the two are timed minutes apart, and this host's speed drifts by more than
+    the 2% to be measured (the same bare script took 119 to 180 s). Run at once, both see the same host.
+    Every process of the deployment (API, worker, the job's child, the chat process) is on the job's core,
+    so what the service does beside training is paid out of the job's own CPU. The cores swap each repeat;
+    with --control, the bare script also runs against itself on the two cores, which shows what this
+    method can resolve (ideally 1.000).
+    """
+    sizes = {name: int(count) for name, count in (item.split("=") for item in args.sizes.split(","))}
+    env = {"LORAQ_DATABASE_URL": args.database_url, "LORAQ_BROKER_URL": args.broker_url}
+    ratios: dict[str, list[float]] = {name: [] for name in sizes}
+    trained: dict[str, list[float]] = {name: [] for name in sizes}  # the bare script's imports left out
+    controls: dict[str, list[float]] = {name: [] for name in sizes}
+    for repeat in range(args.repeats):
+        job_core, bare_core = (1, 0) if repeat % 2 == 0 else (0, 1)
+        home = scratch / f"home-{repeat}"
+        home.mkdir()
+        deployment = Deployment(home, model_dir.parent, {k: v for k, v in env.items() if v}, core=job_core)
+        deployment.start()
+        try:
+            run_job(deployment, model_dir.name, chat_examples(16), spec)  # warm: not counted
+            for name, count in sizes.items():
+                data = chat_examples(count)
+                with ThreadPoolExecutor(1) as pool:
+                    bare_run = pool.submit(run_bare, model_dir, data, spec, scratch, bare_core)
+                    job, pickup = run_job(deployment, model_dir.name, data, spec)
+                    bare = bare_run.result()
+                ratios[name].append(job / bare.wall)
+                trained[name].append(job / (bare.wall - bare.imports))
+                print(
+                    f"  {name}: job {job:.1f}s on cpu {job_core}, bare {bare.wall:.1f}s on cpu {bare_core} "
+                    f"({bare.imports:.1f}s of imports), ratio {job / bare.wall:.3f}, without the bare "
+                    f"script's imports {trained[name][-1]:.3f}, pickup {pickup * 1000:.0f} ms",
+                    flush=True,
+                )
+                if args.control:
+                    with ThreadPoolExecutor(1) as pool:
+                        other_run = pool.submit(run_bare, model_dir, data, spec, scratch, bare_core)
+                        this = run_bare(model_dir, data, spec, scratch, job_core)
+                        other = other_run.result()
+                    controls[name].append(this.wall / other.wall)
+                    print(
+                        f"  {name} control: bare {this.wall:.1f}s on cpu {job_core}, bare {other.wall:.1f}s "
+                        f"on cpu {bare_core}, ratio {controls[name][-1]:.3f}",
+                        flush=True,
+                    )
+        finally:
+            deployment.stop()
+    broker = "redis" if args.broker_url else "embedded filesystem broker"
+    print(f"\nModel {model_dir.name}; side by side, one core each, {args.repeats} repeats; broker: {broker}")
+    # The geometric mean over an even number of repeats cancels a core that is faster than the other:
+    # each ratio is the service's factor times (or divided by) the cores' own.
+    for name in sizes:
+        print(
+            f"{name} ({sizes[name]} examples): wall ratio job/bare {summary(ratios[name])}, "
+            f"geometric mean {statistics.geometric_mean(ratios[name]):.3f}"
+        )
+        print(
+            f"{name} without the bare script's imports: {summary(trained[name])}, "
+            f"geometric mean {statistics.geometric_mean(trained[name]):.3f}"
+        )
+        if controls[name]:
+            print(
+                f"{name} control, bare/bare on the same two cores: {summary(controls[name])}, "
+                f"geometric mean {statistics.geometric_mean(controls[name]):.3f}"
+            )
 
 
 def summary(values: list[float]) -> str:
@@ -208,7 +304,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--broker-url", default="")
+    parser.add_argument(
+        "--side-by-side", action="store_true", help="job and bare script at once, one core each (taskset)"
+    )
+    parser.add_argument("--control", action="store_true", help="side by side: also bare against bare")
     args = parser.parse_args()
+    # A stopped run still stops the deployment it started (the `finally` below): its processes have a
+    # session of their own and would otherwise go on.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     spec = {
         "seed": 7,
@@ -230,6 +333,9 @@ def main() -> None:
             from worker.demo_model import ensure_demo_model
 
             model_dir = ensure_demo_model(scratch / "models")
+        if args.side_by_side:
+            side_by_side(args, spec, model_dir, scratch)
+            return
         env = {"LORAQ_DATABASE_URL": args.database_url, "LORAQ_BROKER_URL": args.broker_url}
         deployment = Deployment(scratch / "home", model_dir.parent, {k: v for k, v in env.items() if v})
         deployment.home.mkdir()
@@ -249,9 +355,9 @@ def main() -> None:
                     # Alternate which runs first, so a warming machine favours neither.
                     if repeat % 2 == 0:
                         job, pickup = run_job(deployment, model_dir.name, data, spec)
-                        bare = run_bare(model_dir, data, spec, scratch)
+                        bare = run_bare(model_dir, data, spec, scratch).wall
                     else:
-                        bare = run_bare(model_dir, data, spec, scratch)
+                        bare = run_bare(model_dir, data, spec, scratch).wall
                         job, pickup = run_job(deployment, model_dir.name, data, spec)
                     ratios[name].append(job / bare)
                     walls[name].append((job, bare))
