@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from loraq.core.json_text import from_json, to_json
@@ -36,6 +38,19 @@ def _tune_sqlite(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# A connection back in the pool for less than this was answering a moment ago and is used as it is; one
+# idle for longer is pinged first, so that connections a database restart killed while they sat in the
+# pool are replaced before a request gets one. pool_pre_ping would ping on every checkout: a round trip
+# per request, 0.9x the API's GETs per second under load (docs/benchmarks.md). A restart within the last
+# second fails the statements of the connections it cut (a 503; the pool then replaces them all).
+PING_AFTER_IDLE_SECONDS = 1.0
+_CHECKED_IN_AT = "loraq_checked_in_at"
+
+
+def _note_checkin(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_CHECKED_IN_AT] = time.monotonic()
+
+
 def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 5) -> Engine:
     """An engine whose pool makes a request wait at most pool_timeout for a connection (then PoolTimeout,
     a 503), never the 30 s SQLAlchemy defaults to: the wait that turned overload into a stall."""
@@ -48,9 +63,23 @@ def make_engine(url: str, *, pool_size: int = 5, pool_timeout: float = 5) -> Eng
         )
         event.listen(engine, "connect", _tune_sqlite)
         return engine
-    # pre_ping drops connections that died with a database restart; short timeouts turn an
-    # outage into a quick error instead of a hung request.
-    return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 3}, **pool, **json_columns)
+    # A short connect timeout turns an outage into a quick error instead of a hung request.
+    engine = create_engine(url, connect_args={"connect_timeout": 3}, **pool, **json_columns)
+    event.listen(engine, "checkin", _note_checkin)
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        checked_in_at = record.info.get(_CHECKED_IN_AT)
+        # None: a new connection, which has just answered its connect.
+        if checked_in_at is None or time.monotonic() - checked_in_at < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)  # SELECT 1, outside any transaction
+        except Exception as error:
+            # The pool replaces this connection, and every other that was in it then, and tries again.
+            raise InvalidatePoolError(f"a pooled connection did not answer a ping: {error}") from error
+
+    return engine
 
 
 @lru_cache
