@@ -220,7 +220,14 @@ def pinned(command: list[str], core: int | None) -> list[str]:
     return command if core is None else ["taskset", "--cpu-list", str(core), *command]
 
 
-def side_by_side(args: argparse.Namespace, spec: dict[str, Any], model_dir: Path, scratch: Path) -> None:
+def side_by_side(
+    args: argparse.Namespace,
+    spec: dict[str, Any],
+    sizes: dict[str, int],
+    env: dict[str, str],
+    model_dir: Path,
+    scratch: Path,
+) -> None:
     """The job and the bare script at the same time, each on a core of its own.
 
     Run one after the other, the two are timed minutes apart, and this host's speed drifts by more than
@@ -230,8 +237,6 @@ def side_by_side(args: argparse.Namespace, spec: dict[str, Any], model_dir: Path
     with --control, the bare script also runs against itself on the two cores, which shows what this
     method can resolve (ideally 1.000).
     """
-    sizes = {name: int(count) for name, count in (item.split("=") for item in args.sizes.split(","))}
-    env = {"LORAQ_DATABASE_URL": args.database_url, "LORAQ_BROKER_URL": args.broker_url}
     ratios: dict[str, list[float]] = {name: [] for name in sizes}
     trained: dict[str, list[float]] = {name: [] for name in sizes}  # the bare script's imports left out
     controls: dict[str, list[float]] = {name: [] for name in sizes}
@@ -239,7 +244,7 @@ def side_by_side(args: argparse.Namespace, spec: dict[str, Any], model_dir: Path
         job_core, bare_core = (1, 0) if repeat % 2 == 0 else (0, 1)
         home = scratch / f"home-{repeat}"
         home.mkdir()
-        deployment = Deployment(home, model_dir.parent, {k: v for k, v in env.items() if v}, core=job_core)
+        deployment = Deployment(home, model_dir.parent, env, core=job_core)
         deployment.start()
         try:
             run_job(deployment, model_dir.name, chat_examples(16), spec)  # warm: not counted
@@ -326,6 +331,8 @@ def main() -> None:
         "logging_steps": 1,
     }
     sizes = {name: int(count) for name, count in (item.split("=") for item in args.sizes.split(","))}
+    given = {"LORAQ_DATABASE_URL": args.database_url, "LORAQ_BROKER_URL": args.broker_url}
+    env = {name: value for name, value in given.items() if value}
     with tempfile.TemporaryDirectory(prefix="loraq-overhead-") as tmp:
         scratch = Path(tmp)
         model_dir = args.model_dir
@@ -334,10 +341,9 @@ def main() -> None:
 
             model_dir = ensure_demo_model(scratch / "models")
         if args.side_by_side:
-            side_by_side(args, spec, model_dir, scratch)
+            side_by_side(args, spec, sizes, env, model_dir, scratch)
             return
-        env = {"LORAQ_DATABASE_URL": args.database_url, "LORAQ_BROKER_URL": args.broker_url}
-        deployment = Deployment(scratch / "home", model_dir.parent, {k: v for k, v in env.items() if v})
+        deployment = Deployment(scratch / "home", model_dir.parent, env)
         deployment.home.mkdir()
         deployment.start()
         ratios: dict[str, list[float]] = {name: [] for name in sizes}
