@@ -280,19 +280,14 @@ def side_by_side(
     # The geometric mean over an even number of repeats cancels a core that is faster than the other:
     # each ratio is the service's factor times (or divided by) the cores' own.
     for name in sizes:
-        print(
-            f"{name} ({sizes[name]} examples): wall ratio job/bare {summary(ratios[name])}, "
-            f"geometric mean {statistics.geometric_mean(ratios[name]):.3f}"
-        )
-        print(
-            f"{name} without the bare script's imports: {summary(trained[name])}, "
-            f"geometric mean {statistics.geometric_mean(trained[name]):.3f}"
-        )
-        if controls[name]:
-            print(
-                f"{name} control, bare/bare on the same two cores: {summary(controls[name])}, "
-                f"geometric mean {statistics.geometric_mean(controls[name]):.3f}"
-            )
+        lines = [
+            (f"{name} ({sizes[name]} examples): wall ratio job/bare", ratios[name]),
+            (f"{name} without the bare script's imports:", trained[name]),
+            (f"{name} control, bare/bare on the same two cores:", controls[name]),
+        ]
+        for heading, values in lines:
+            if values:
+                print(f"{heading} {summary(values)}, geometric mean {statistics.geometric_mean(values):.3f}")
 
 
 def summary(values: list[float]) -> str:
