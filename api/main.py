@@ -6,7 +6,9 @@ import logging
 import os
 
 import uvicorn
+from fastapi import FastAPI
 
+from api.app import create_app
 from loraq.core.db import session_scope
 from loraq.core.logs import configure_logging
 from loraq.core.migrate import upgrade_to_head
@@ -36,7 +38,7 @@ def main() -> None:
         # The API keeps no state of its own: its processes share one socket, each with its threads and pool.
         log.info("%d API processes, each serving %d requests at once", workers, settings.api_threads)
     uvicorn.run(
-        "api.app:create_app",
+        "api.main:create_served_app",
         factory=True,
         workers=workers,
         host=settings.host,
@@ -46,6 +48,14 @@ def main() -> None:
         http="httptools",
         loop="uvloop",
     )
+
+
+def create_served_app() -> FastAPI:
+    """The app as each serving process builds it. uvicorn starts its worker processes (LORAQ_API_WORKERS
+    above 1) by spawning, not forking: they begin with Python's default logging, which would drop their
+    access log and INFO lines and ignore LORAQ_LOG_FORMAT."""
+    configure_logging(get_settings())
+    return create_app()
 
 
 if __name__ == "__main__":

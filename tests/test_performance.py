@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from tests.helpers import FAST_HYPERPARAMETERS, chat_dataset, job_body, method, upload
-from tests.stack import Stack
+from tests.stack import Stack, wait_for
 
 CONCURRENT_GETS = 128
 
@@ -66,6 +66,40 @@ def test_overload_is_answered_with_503_and_retry_after_then_the_api_recovers(sma
         page = client.get("/v1/files").json()
         assert len(page["data"]) == 20 and page["has_more"]
         assert len(client.get("/v1/files", params={"limit": 100}).json()["data"]) == 21
+
+
+def test_each_api_process_logs_every_request_in_the_configured_format(tmp_path: Path) -> None:
+    """LORAQ_API_WORKERS > 1: uvicorn spawns the serving processes, which start with Python's default
+    logging; each must set up loraq's own, or their access lines are lost and LORAQ_LOG_FORMAT ignored."""
+    stack = Stack(
+        name="two-processes",
+        home=tmp_path,
+        env={"LORAQ_HOME": str(tmp_path), "LORAQ_API_WORKERS": "2", "LORAQ_LOG_FORMAT": "json"},
+    )
+    stack.start_api()
+    try:
+        # A new connection each: the kernel spreads them over both processes' accepts.
+        for index in range(20):
+            assert httpx.get(f"{stack.base_url}/healthz?probe={index}", timeout=10).status_code == 200
+        expected = {f"/healthz?probe={index}" for index in range(20)}
+
+        def log_lines() -> list[str]:
+            return [line for line in (tmp_path / "api.log").read_text().splitlines() if line.strip()]
+
+        def logged() -> set[str]:
+            records = [json.loads(line) for line in log_lines() if line.startswith("{")]
+            return {
+                path
+                for record in records
+                if record["logger"] == "uvicorn.access"
+                for path in expected
+                if f'"GET {path} ' in record["message"]
+            }
+
+        wait_for(lambda: logged() == expected, timeout=10, what=f"access lines for {sorted(expected)}")
+        assert [line for line in log_lines() if not line.startswith("{")] == []
+    finally:
+        stack.stop()
 
 
 def test_an_upload_is_written_once(stack: Stack) -> None:
