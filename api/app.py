@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,8 +29,16 @@ STATIC_DIR = Path(__file__).parent / "static"
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     # Threads and connections sized together: Admission lets in no more requests than there are threads.
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
-    yield
-    shutdown_estimator()
+    # What imports and the app made lives as long as the process: out of the collector's way, so that a
+    # full collection no longer walks it, pausing every request in flight (p99 at 16 clients halved,
+    # docs/benchmarks.md). Back in its care at shutdown, for a process that goes on (tests).
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        shutdown_estimator()
 
 
 def create_app() -> FastAPI:

@@ -5,6 +5,7 @@ refuses to write, so a GET that starts writing fails in tests instead of committ
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,21 @@ def test_a_read_uses_one_connection_in_autocommit_mode(app_in_process: tuple[Fas
     assert answer.json()["project_name"] == "default"
     assert len(checkouts) == 1  # the key's lookup and its project's on the same connection
     assert len(autocommit) >= 2 and all(autocommit)
+
+
+def test_the_app_keeps_what_it_starts_with_out_of_the_collectors_way(
+    app_in_process: tuple[FastAPI, str],
+) -> None:
+    """A full collection walked every object of the app (routes, schemas, mappers) while requests waited:
+    they are frozen once it starts, and handed back at shutdown."""
+    app, _ = app_in_process
+
+    async def frozen_while_serving() -> int:
+        async with app.router.lifespan_context(app):
+            return gc.get_freeze_count()
+
+    assert asyncio.run(frozen_while_serving()) > 100_000
+    assert gc.get_freeze_count() == 0
 
 
 def test_a_write_keeps_its_transaction(app_in_process: tuple[FastAPI, str]) -> None:
