@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio.from_thread
 from fastapi import Request, Response
-from fastapi.routing import APIRoute
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
+from api.routing import OneHopRoute
 from loraq.core.errors import InvalidRequest
 
 # --- JSON --------------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ class _JSONRequest(Request):
         return self._json
 
 
-class JSONBodyRoute(APIRoute):
+class JSONBodyRoute(OneHopRoute):
     """A route whose JSON body is parsed by parse_json."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:

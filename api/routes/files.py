@@ -9,6 +9,7 @@ from fastapi.responses import StreamingResponse
 
 from api.bodies import MultipartForm, request_chunks
 from api.deps import Cursor, IdempotencyKey, ObjectId, ProjectId, SessionDep, SettingsDep, StoreDep
+from api.routing import OneHopRoute
 from api.schemas.common import ListPublic, list_of
 from api.schemas.files import FileDeleted, FilePublic
 from loraq.core.text import ID_PATTERN
@@ -16,7 +17,7 @@ from loraq.files import repository, service
 from loraq.projects.idempotency import create_once, fingerprint
 from loraq.storage.hashing import sha256_of
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], route_class=OneHopRoute)
 
 
 # The body is read by hand (MultipartForm), so the schema FastAPI would infer is given here.

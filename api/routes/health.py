@@ -9,6 +9,7 @@ from sqlalchemy.exc import OperationalError
 
 from api.deps import AdminKey, SettingsDep
 from api.errors import error_response
+from api.routing import OneHopRoute
 from loraq.base_models.catalog import list_base_models
 from loraq.core.broker import get_celery
 from loraq.core.db import session_scope
@@ -16,7 +17,7 @@ from loraq.jobs import repository as jobs_repository
 from loraq.jobs.states import JobStatus
 from loraq.workers import service as workers_service
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=OneHopRoute)
 
 
 @router.get("/healthz")

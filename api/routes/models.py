@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import ProjectId, SessionDep, SettingsDep
+from api.routing import OneHopRoute
 from api.schemas.common import ListPublic
 from api.schemas.models import ModelPublic
 from loraq.base_models.catalog import list_base_models
 from loraq.jobs import repository as jobs_repository
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=OneHopRoute)
 
 
 @router.get("", response_model=ListPublic[ModelPublic])

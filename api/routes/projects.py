@@ -9,12 +9,13 @@ from pydantic import BaseModel
 
 from api.bodies import JSONBodyRoute
 from api.deps import AdminKey, CurrentKey, ObjectId, SessionDep
+from api.routing import OneHopRoute
 from api.schemas.common import ListPublic, list_of
 from api.schemas.projects import ApiKeyCreated, ApiKeyPublic, ProjectCreate, ProjectPublic
 from loraq.projects import service
 
 router = APIRouter(prefix="/v1/projects", tags=["projects (admin)"], route_class=JSONBodyRoute)
-me_router = APIRouter(prefix="/v1", tags=["projects"])
+me_router = APIRouter(prefix="/v1", tags=["projects"], route_class=OneHopRoute)
 
 
 class Me(BaseModel):

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api.deps import AdminKey, SessionDep, SettingsDep
+from api.routing import OneHopRoute
 from api.schemas.common import ListPublic
 from api.schemas.workers import WorkerPublic
 from loraq.workers import service
 
-router = APIRouter(prefix="/v1/workers", tags=["workers (admin)"])
+router = APIRouter(prefix="/v1/workers", tags=["workers (admin)"], route_class=OneHopRoute)
 
 
 @router.get("", response_model=ListPublic[WorkerPublic])
