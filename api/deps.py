@@ -13,8 +13,7 @@ from loraq.core.db import end_session, get_read_sessionmaker, get_sessionmaker
 from loraq.core.errors import Forbidden, Unauthorized
 from loraq.core.settings import Settings, get_settings
 from loraq.core.text import ID_PATTERN
-from loraq.projects.keys import authenticate
-from loraq.projects.tables import ApiKey
+from loraq.projects.keys import CheckedKey, authenticate, recently_checked
 from loraq.storage.stores import ArtifactStore, get_store
 
 # Requests that only read: their session runs in autocommit mode and refuses to write.
@@ -71,17 +70,30 @@ Cursor = Annotated[
 ]
 
 
-def authenticate_bearer(session: Session, authorization: str | None) -> ApiKey:
-    """The live key an `Authorization: Bearer <key>` header names; Unauthorized otherwise."""
+def _bearer_secret(authorization: str | None) -> str | None:
     if not authorization or not authorization.lower().startswith("bearer "):
+        return None
+    return authorization.split(" ", 1)[1].strip()
+
+
+def recently_checked_bearer(authorization: str | None) -> CheckedKey | None:
+    """The key an `Authorization` header names if this process checked it a moment ago; no I/O."""
+    secret = _bearer_secret(authorization)
+    return recently_checked(secret) if secret else None
+
+
+def authenticate_bearer(session: Session, authorization: str | None) -> CheckedKey:
+    """The live key an `Authorization: Bearer <key>` header names; Unauthorized otherwise."""
+    secret = _bearer_secret(authorization)
+    if not secret:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    key = authenticate(session, authorization.split(" ", 1)[1].strip())
+    key = authenticate(session, secret)
     if key is None:
         raise Unauthorized("incorrect API key provided")
     return key
 
 
-def _authenticate_alone(authorization: str | None) -> ApiKey:
+def _authenticate_alone(authorization: str | None) -> CheckedKey:
     with get_read_sessionmaker()() as session:
         return authenticate_bearer(session, authorization)
 
@@ -91,13 +103,13 @@ async def current_key(
     authorization: Annotated[
         str | None, Header(description="Bearer <API key>; checked before any of the body is read.")
     ] = None,
-) -> ApiKey:
+) -> CheckedKey:
     # AuthenticateFirst has already checked every /v1 request's key; a route it does not guard checks here.
-    key = request.scope.get("state", {}).get(API_KEY_STATE)
-    return key if isinstance(key, ApiKey) else await run_in_threadpool(_authenticate_alone, authorization)
+    key = request.scope.get("state", {}).get(API_KEY_STATE) or recently_checked_bearer(authorization)
+    return key if isinstance(key, CheckedKey) else await run_in_threadpool(_authenticate_alone, authorization)
 
 
-CurrentKey = Annotated[ApiKey, Depends(current_key)]
+CurrentKey = Annotated[CheckedKey, Depends(current_key)]
 
 
 async def current_project_id(key: CurrentKey) -> str:
@@ -107,13 +119,13 @@ async def current_project_id(key: CurrentKey) -> str:
 ProjectId = Annotated[str, Depends(current_project_id)]
 
 
-async def admin_key(key: CurrentKey) -> ApiKey:
+async def admin_key(key: CurrentKey) -> CheckedKey:
     if not key.is_admin:
         raise Forbidden("this needs an admin API key")
     return key
 
 
-AdminKey = Annotated[ApiKey, Depends(admin_key)]
+AdminKey = Annotated[CheckedKey, Depends(admin_key)]
 
 
 IdempotencyKey = Annotated[

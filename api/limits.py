@@ -15,10 +15,16 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import API_KEY_STATE, READ_METHODS, READ_SESSION_STATE, authenticate_bearer
+from api.deps import (
+    API_KEY_STATE,
+    READ_METHODS,
+    READ_SESSION_STATE,
+    authenticate_bearer,
+    recently_checked_bearer,
+)
 from api.errors import error_response, response_for
 from loraq.core.db import get_read_sessionmaker
-from loraq.projects.tables import ApiKey
+from loraq.projects.keys import CheckedKey
 
 # Past this much, a client that keeps sending is cut off instead of drained.
 DRAIN_LIMIT_BYTES = 4 << 30
@@ -40,6 +46,11 @@ class AuthenticateFirst:
             await self.app(scope, receive, send)
             return
         authorization = Headers(scope=scope).get("authorization")
+        if (recent := recently_checked_bearer(authorization)) is not None:
+            # Checked a moment ago (loraq.projects.keys.RecentKeys): no query, no trip through the pool.
+            scope.setdefault("state", {})[API_KEY_STATE] = recent
+            await self.app(scope, receive, send)
+            return
         # A read keeps the session its key was checked with, for its route (api.deps.get_session): one
         # connection and one thread hop fewer. Any other request lets go of the connection at once: an
         # upload's body may stream for minutes.
@@ -64,7 +75,7 @@ class AuthenticateFirst:
             await self.app(scope, receive, send)
 
 
-def _authenticate_and_close(session: Session, authorization: str | None) -> ApiKey:
+def _authenticate_and_close(session: Session, authorization: str | None) -> CheckedKey:
     with session:
         return authenticate_bearer(session, authorization)
 

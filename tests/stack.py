@@ -72,11 +72,11 @@ class Stack:
             start_new_session=True,  # its own process group: kill -9 reaches Celery's children too
         )
 
-    def start_api(self) -> None:
-        self.api = self._spawn("loraq-api", "api.log")
+    def start_api(self, log_name: str = "api.log") -> None:
+        self.api = self._spawn("loraq-api", log_name)
 
         def healthy() -> bool:
-            assert self.api is not None and self.api.poll() is None, self.logs("api.log")
+            assert self.api is not None and self.api.poll() is None, self.logs(log_name)
             try:
                 return httpx.get(self.base_url + "/healthz", timeout=2).status_code == 200
             except httpx.HTTPError:

@@ -1,15 +1,18 @@
 """A read (GET) checks its key and reads its data on one pooled connection in autocommit mode: no BEGIN
 and COMMIT round trips, half of a GET's database time. A write keeps its transaction. A read's session
-refuses to write, so a GET that starts writing fails in tests instead of committing half a change."""
+refuses to write, so a GET that starts writing fails in tests instead of committing half a change. A key
+checked a moment ago is not checked again, and a route makes one trip through the thread pool."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -20,11 +23,11 @@ from api.app import create_app
 from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker, session_scope
 from loraq.core.settings import get_settings
 from loraq.jobs import repository
-from loraq.projects.keys import ensure_admin_key
+from loraq.projects.keys import CheckedKey, RecentKeys, ensure_admin_key, recent_keys
 from loraq.projects.tables import Project
 from tests.helpers import migrated_engine, new_job
 
-CACHED = (get_settings, get_engine, get_sessionmaker, get_read_sessionmaker)
+CACHED = (get_settings, get_engine, get_sessionmaker, get_read_sessionmaker, recent_keys)
 
 
 @pytest.fixture
@@ -77,6 +80,62 @@ def test_a_read_uses_one_connection_in_autocommit_mode(app_in_process: tuple[Fas
     assert answer.json()["project_name"] == "default"
     assert len(checkouts) == 1  # the key's lookup and its project's on the same connection
     assert len(autocommit) >= 2 and all(autocommit)
+
+
+def test_a_key_checked_a_moment_ago_costs_no_query_and_one_trip_through_the_pool(
+    app_in_process: tuple[FastAPI, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dashboard and the SDK poll with one key: after its first check, a read makes one query (its own)
+    and one trip through the thread pool (the route; its answer is validated on the event loop)."""
+    app, key = app_in_process
+    trips: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    statements: list[str] = []
+    event.listen(get_engine(), "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+
+    first = asyncio.run(_request(app, key, "GET", "/v1/me"))
+    assert first.status_code == 200, first.text
+    assert len(trips) == 2 and len(statements) == 2, (trips, statements)  # the key's check, the route
+
+    trips.clear()
+    statements.clear()
+    again = asyncio.run(_request(app, key, "GET", "/v1/me"))
+    assert again.json() == first.json()
+    assert len(trips) == 1, trips
+    assert len(statements) == 1 and "api_keys" not in statements[0], statements
+
+    assert asyncio.run(_request(app, "lq-not-a-key", "GET", "/v1/me")).status_code == 401
+
+
+def test_a_check_that_began_before_a_revocation_is_not_remembered() -> None:
+    """A request reads the key as live, the key's revocation commits and is forgotten here, then the
+    request would remember the live key it read: it must not, or the revoked key would pass for a while."""
+    recent = RecentKeys(ttl=60)
+    live = CheckedKey(id="key-1", project_id="project-1", is_admin=False)
+    revocations_before = recent.revocations  # the request starts its query
+    recent.forget("hash-1")  # the revocation commits meanwhile
+    recent.remember("hash-1", live, revocations_before=revocations_before)
+    assert recent.get("hash-1") is None
+    recent.remember("hash-1", live, revocations_before=recent.revocations)
+    assert recent.get("hash-1") == live
+
+
+def test_a_remembered_key_expires_after_its_time() -> None:
+    recent = RecentKeys(ttl=0.2)
+    live = CheckedKey(id="key-1", project_id="project-1", is_admin=True)
+    recent.remember("hash-1", live, revocations_before=recent.revocations)
+    assert recent.get("hash-1") == live
+    time.sleep(0.3)
+    assert recent.get("hash-1") is None
+    never = RecentKeys(ttl=0)  # LORAQ_API_KEY_CACHE_SECONDS=0: every request checks
+    never.remember("hash-1", live, revocations_before=never.revocations)
+    assert never.get("hash-1") is None
 
 
 def test_the_app_keeps_what_it_starts_with_out_of_the_collectors_way(

@@ -67,6 +67,37 @@ def test_revoked_key_is_refused(stack: Stack, other_project: tuple[dict[str, Any
         assert client.get("/v1/files").status_code == 401
 
 
+def test_a_key_revoked_through_another_api_process_is_refused_within_its_cache_time(
+    stack: Stack, other_project: tuple[dict[str, Any], str]
+) -> None:
+    """An API process trusts a key it checked for LORAQ_API_KEY_CACHE_SECONDS; the process that revokes a
+    key refuses it at once, another one (LORAQ_API_WORKERS, a replica) once its cache time is up."""
+    project, secret = other_project
+    cache_seconds = 2
+    replica = Stack(
+        name=f"{stack.name}-replica",
+        home=stack.home,
+        env={**stack.env, "LORAQ_API_KEY_CACHE_SECONDS": str(cache_seconds)},
+    )
+    replica.start_api(log_name="replica-api.log")
+    try:
+        with replica.client(secret) as client:
+            assert client.get("/v1/files").status_code == 200  # the replica has now checked the key
+        with stack.client() as admin:
+            [key] = admin.get(f"/v1/projects/{project['id']}/api_keys").json()["data"]
+            assert admin.delete(f"/v1/projects/{project['id']}/api_keys/{key['id']}").status_code == 200
+        with stack.client(secret) as client:
+            assert client.get("/v1/files").status_code == 401
+        with replica.client(secret) as client:
+            wait_for(
+                lambda: client.get("/v1/files").status_code == 401,
+                timeout=cache_seconds + 3,
+                what="the replica refusing the revoked key",
+            )
+    finally:
+        replica.stop()
+
+
 def test_every_route_with_an_id_hides_other_projects_objects(
     stack: Stack, other_project: tuple[dict[str, Any], str]
 ) -> None:

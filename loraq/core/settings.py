@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     # db_pool_timeout_seconds, then get a 503 with Retry-After. Each holds at most one connection.
     api_threads: int = Field(default=32, ge=1, description="Requests one API process serves at once.")
     api_workers: int = Field(default=1, ge=1, description="API processes (uvicorn --workers).")
+    # A revocation applies at once in the API process that made it, within this many seconds in others.
+    api_key_cache_seconds: float = Field(
+        default=10, ge=0, description="How long an API process trusts a key it checked; 0: every request."
+    )
     db_pool_size: int = Field(default=40, ge=1, description="Connections per process; above api_threads.")
     db_pool_timeout_seconds: float = Field(
         default=3, gt=0, description="The longest wait for a free slot or connection before a 503."

@@ -1,18 +1,85 @@
-"""API keys: shown once, stored only as a sha256 hash."""
+"""API keys: shown once, stored only as a sha256 hash; a key checked a moment ago is trusted for a few
+seconds without asking the database again."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from loraq.core.db import after_commit
+from loraq.core.settings import get_settings
 from loraq.projects import repository
 from loraq.projects.tables import ApiKey, Project
 
 KEY_PREFIX = "lq-"
+
+
+@dataclass(frozen=True)
+class CheckedKey:
+    """A live key as a request sees it once checked: the project it speaks for, and its rights."""
+
+    id: str
+    project_id: str
+    is_admin: bool
+
+    @classmethod
+    def of(cls, key: ApiKey) -> CheckedKey:
+        return cls(id=key.id, project_id=key.project_id, is_admin=key.is_admin)
+
+
+class RecentKeys:
+    """Keys checked in the last `ttl` seconds, by hash. Most requests come with a key checked a moment
+    ago (a dashboard polls every 2 s): they skip its query, and the API its trip through the thread pool.
+
+    A revocation forgets its key here once it commits, so the process that revoked a key refuses it at
+    once; another process trusts it for at most `ttl` more seconds.
+    """
+
+    def __init__(self, ttl: float, capacity: int = 4096) -> None:
+        self.ttl = ttl
+        self.capacity = capacity
+        self._keys: OrderedDict[str, tuple[float, CheckedKey]] = OrderedDict()
+        self._lock = threading.Lock()  # the event loop reads; request threads write
+        # Bumped by every revocation: a check that began before one may have read the key as live.
+        self.revocations = 0
+
+    def get(self, key_hash: str) -> CheckedKey | None:
+        with self._lock:
+            entry = self._keys.get(key_hash)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                del self._keys[key_hash]
+                return None
+            return entry[1]
+
+    def remember(self, key_hash: str, key: CheckedKey, *, revocations_before: int) -> None:
+        with self._lock:
+            if self.ttl <= 0 or revocations_before != self.revocations:
+                return
+            self._keys[key_hash] = (time.monotonic() + self.ttl, key)
+            self._keys.move_to_end(key_hash)
+            while len(self._keys) > self.capacity:
+                self._keys.popitem(last=False)
+
+    def forget(self, key_hash: str) -> None:
+        with self._lock:
+            self.revocations += 1
+            self._keys.pop(key_hash, None)
+
+
+@lru_cache
+def recent_keys() -> RecentKeys:
+    return RecentKeys(get_settings().api_key_cache_seconds)
 
 
 def hash_key(raw_key: str) -> str:
@@ -27,8 +94,31 @@ def create_api_key(session: Session, *, project_id: str, is_admin: bool = False)
     return key, raw
 
 
-def authenticate(session: Session, raw_key: str) -> ApiKey | None:
-    return repository.live_key_by_hash(session, hash_key(raw_key))
+def recently_checked(raw_key: str) -> CheckedKey | None:
+    """The key if this process checked it in the last few seconds; no I/O, so safe on an event loop."""
+    return recent_keys().get(hash_key(raw_key))
+
+
+def authenticate(session: Session, raw_key: str) -> CheckedKey | None:
+    """The live key `raw_key` is, or None."""
+    key_hash = hash_key(raw_key)
+    recent = recent_keys()
+    if (checked := recent.get(key_hash)) is not None:
+        return checked
+    revocations_before = recent.revocations
+    key = repository.live_key_by_hash(session, key_hash)
+    if key is None:
+        return None
+    checked = CheckedKey.of(key)
+    recent.remember(key_hash, checked, revocations_before=revocations_before)
+    return checked
+
+
+def revoke(session: Session, key: ApiKey) -> None:
+    """Revoke `key`; this process stops trusting it as soon as the revocation commits."""
+    if key.revoked_at is None:
+        key.revoked_at = int(time.time())
+    after_commit(session, lambda: recent_keys().forget(key.key_hash))
 
 
 def ensure_admin_key(session: Session, key_path: Path) -> str | None:

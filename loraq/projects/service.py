@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session
@@ -10,7 +9,7 @@ from sqlalchemy.orm import Session
 from loraq.core.errors import TooManyRequests
 from loraq.core.settings import Settings
 from loraq.jobs import repository as jobs_repository
-from loraq.projects import repository
+from loraq.projects import keys, repository
 from loraq.projects.keys import create_api_key
 from loraq.projects.tables import ApiKey, Project
 
@@ -53,8 +52,7 @@ def list_keys(session: Session, *, project_id: str) -> Sequence[ApiKey]:
 
 def revoke_key(session: Session, *, project_id: str, key_id: str) -> ApiKey:
     key = repository.get_key(session, project_id=project_id, key_id=key_id)
-    if key.revoked_at is None:
-        key.revoked_at = int(time.time())
+    keys.revoke(session, key)
     return key
 
 
