@@ -45,6 +45,7 @@ def main() -> None:
         port=port,
         log_level="info",
         log_config=None,
+        access_log=settings.access_log,
         http="httptools",
         loop="uvloop",
     )

@@ -102,6 +102,21 @@ def test_each_api_process_logs_every_request_in_the_configured_format(tmp_path: 
         stack.stop()
 
 
+def test_the_access_log_can_be_turned_off(tmp_path: Path) -> None:
+    stack = Stack(name="quiet", home=tmp_path, env={"LORAQ_HOME": str(tmp_path), "LORAQ_ACCESS_LOG": "false"})
+    stack.start_api()
+    try:
+        for _ in range(5):
+            assert httpx.get(f"{stack.base_url}/healthz", timeout=10).status_code == 200
+        with stack.client() as client:
+            assert client.get("/v1/files").status_code == 200
+    finally:
+        stack.stop()
+    log = (tmp_path / "api.log").read_text()
+    assert "loraq API on http://" in log, "the API's own lines stay"
+    assert "uvicorn.access" not in log and "GET /healthz" not in log
+
+
 def test_an_upload_is_written_once(stack: Stack) -> None:
     # 2 MB through the API: what it writes (every write call: spool, store, logs, sockets) stays near that.
     content = chat_dataset(12000)
