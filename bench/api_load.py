@@ -338,9 +338,16 @@ def main() -> None:
         for api in apis:
             job_path = f"/v1/fine_tuning/jobs/{api.sample_ids[0]}"  # type: ignore[attr-defined]
             during = gets_during_estimate(api, dataset, job_path)
+            sampled = during["sampled"] or {}
+            how = (
+                f"sampled {sampled['examples']} of {sampled['of']} examples, "
+                f"tokens ±{sampled['tokens_relative_error']:.1%}"
+                if sampled
+                else "not sampled"
+            )
             print(
                 f"{api.name}: during a {args.estimate_mb} MB estimate ({during['seconds']:.1f} s, "
-                f"status {during['status']}, sampled {during['sampled']}): {during['gets']} GETs, "
+                f"status {during['status']}, {how}): {during['gets']} GETs, "
                 f"p50 {during['get_p50_ms']:.1f} ms, p99 {during['get_p99_ms']:.1f} ms"
             )
     finally:
