@@ -22,7 +22,12 @@ class OneHopRoute(APIRoute):
     """
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        if not inspect.iscoroutinefunction(endpoint):
+        # async def as it is; a generator endpoint (a stream) is left to FastAPI, which iterates it.
+        if not (
+            inspect.iscoroutinefunction(endpoint)
+            or inspect.isgeneratorfunction(endpoint)
+            or inspect.isasyncgenfunction(endpoint)
+        ):
             endpoint = _in_thread_pool(endpoint)
         super().__init__(path, endpoint, **kwargs)
 
