@@ -1,5 +1,6 @@
-"""Under load the API answers 200 or 503-with-Retry-After and recovers at once; uploads are written once;
-lists come in pages; an estimate of a large file is sampled, in a process of its own."""
+"""Under load the API answers 200 or 503-with-Retry-After and recovers at once; every API process logs in
+the configured format, and the access log can be turned off; uploads are written once; lists come in
+pages; an estimate of a large file is sampled, in a process of its own."""
 
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def test_each_api_process_logs_every_request_in_the_configured_format(tmp_path: 
 
         wait_for(lambda: logged() == expected, timeout=10, what=f"access lines for {sorted(expected)}")
         assert [line for line in log_lines() if not line.startswith("{")] == []
+        # Each serving process's own INFO line: both set up logging, whichever got the requests.
+        started = [line for line in log_lines() if "Started server process" in line]
+        assert len(started) == 2, started
     finally:
         stack.stop()
 
