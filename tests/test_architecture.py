@@ -1,10 +1,13 @@
 """The layering the project keeps: loraq imports neither api nor worker; api and worker never
 import each other; the API process never imports torch; every SQL statement lives in a repository
-module; no two modules import each other, however indirectly."""
+module; no two modules import each other, however indirectly; every router's routes make one trip
+through the thread pool."""
 
 from __future__ import annotations
 
 import ast
+import importlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -228,3 +231,28 @@ def test_no_unsafe_loading_in_the_code() -> None:
             source = path.read_text()
             assert not re.search(r"trust_remote_code\s*=\s*True", source), path
             assert "import pickle" not in source, path
+
+
+def test_every_route_of_every_router_makes_one_trip_through_the_thread_pool() -> None:
+    """OneHopRoute is set per router (route_class=): a router added without it would quietly make its
+    `def` routes validate their answers in a second trip through the pool."""
+    from fastapi import APIRouter
+    from fastapi.routing import APIRoute
+
+    import api.routes
+    from api.routing import OneHopRoute
+
+    routers = [
+        value
+        for module_info in pkgutil.iter_modules(api.routes.__path__)
+        for value in vars(importlib.import_module(f"api.routes.{module_info.name}")).values()
+        if isinstance(value, APIRouter)
+    ]
+    assert len(routers) >= 9, routers  # every module's router, and /v1/me's
+    plain = [
+        route.path
+        for router in routers
+        for route in router.routes
+        if isinstance(route, APIRoute) and not isinstance(route, OneHopRoute)
+    ]
+    assert plain == []
