@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     )
     access_log: bool = Field(
         default=True,
-        description="A line per request; off behind a proxy that logs them (~5-15% of a GET's CPU).",
+        description="A line per request; off behind a proxy that logs them (~6-17% of a GET's CPU).",
     )
     log_format: Literal["text", "json"] = Field(
         default="text", description="text: for people; json: one object a line, for log shippers."
