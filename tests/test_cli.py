@@ -127,6 +127,8 @@ def test_every_command_has_clear_help(
         shared = ["--api-url", "--api-key", "--json"] if len(command) == 2 else []
         for name in [*names, *shared]:
             assert name in shown, (command, name, shown)
+        # A flag takes no value: a placeholder after it reads as if `--wait true` were the way to write it.
+        assert "<bool>" not in shown, (command, shown)
 
 
 def test_the_command_line_imports_no_server_or_training_module() -> None:
