@@ -22,6 +22,7 @@ from loraq.base_models.catalog import DEMO_MODEL_NAME
 from loraq.cli import run
 from loraq.cli.config import ConfigError, Connection, resolve
 from loraq.cli.gates import Gates, judge
+from loraq.cli.output import cell
 from loraq.cli.watch import LiveBar, reporter
 from loraq.client import Job, JobEvent, Update
 from tests.helpers import (
@@ -131,6 +132,19 @@ def test_every_command_has_clear_help(
         assert "<bool>" not in shown, (command, shown)
 
 
+def test_text_output_reads_as_times_sizes_and_pairs_where_json_keeps_raw_values() -> None:
+    assert cell(1795576519, "created_at") == cell(1795576519, "created") == "2026-11-25T03:15:19Z"
+    assert cell(4055, "bytes") == "4.0 KiB" and cell(512, "bytes") == "512 B"
+    memory = {"adapter": 28672, "total": 435161817}
+    assert cell(memory, "memory_bytes") == "adapter=28.0 KiB, total=415.0 MiB"
+    progress = {"step": 40, "train_loss": 7.3221917, "valid_loss": None, "reported_at": 1795576519.53}
+    shown = "step=40, train_loss=7.322, valid_loss=-, reported_at=2026-11-25T03:15:19Z"
+    assert cell(progress, "progress") == shown
+    assert cell(["file-a", "file-b"], "result_files") == "file-a, file-b"
+    assert cell(None) == cell([]) == cell({}) == "-" and cell(False) == "false"
+    assert cell(1795576519, "examples") == "1795576519"  # a count, not a time
+
+
 def test_the_command_line_imports_no_server_or_training_module() -> None:
     probe = (
         "import sys\n"
@@ -197,6 +211,10 @@ def test_create_from_flags_waits_with_progress_lines_then_downloads(stack: Stack
     [job_id] = re.findall(r"job (ftjob-\w+) succeeded: ft:", lines)
 
     job = document(loraq("jobs", "get", job_id, "--json", stack=stack))
+    shown = loraq("jobs", "get", job_id, stack=stack).stdout  # for a person: times in UTC, objects as pairs
+    assert re.search(r"^created_at: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", shown, re.MULTILINE), shown
+    assert re.search(r"^progress: step=\d+, total_steps=\d+, ", shown, re.MULTILINE), shown
+    assert "run=flags, team=ci" in shown and "{" not in shown, shown
     assert job["adapter"]["r"] == 4 and job["adapter"]["target_modules"] == ["q_proj", "v_proj"]
     assert job["hyperparameters"]["n_epochs"] == 1 and job["seed"] == 3
     assert job["metadata"] == {"run": "flags", "team": "ci"}
@@ -259,6 +277,10 @@ def test_create_from_yaml_maps_axolotl_keys(stack: Stack, tmp_path: Path) -> Non
     estimate = loraq("jobs", "estimate", "--config", "job.yaml", "--json", stack=stack, cwd=tmp_path)
     assert estimate.returncode == 0, estimate.stderr
     assert document(estimate)["train_examples"] == 9  # 12 less the 25% validation split
+    shown = loraq("jobs", "estimate", "--config", "job.yaml", stack=stack, cwd=tmp_path).stdout
+    sizes = r"^memory_bytes: base_weights=[\d.]+ (KiB|MiB), .*total=[\d.]+ (MiB|GiB)$"
+    assert re.search(sizes, shown, re.MULTILINE), shown
+    assert "{" not in shown and "None" not in shown, shown
     # The dataset uploaded to estimate it is deleted after: an estimate stores nothing.
     assert {f["id"] for f in document(loraq("files", "list", "--json", stack=stack))} == stored
 

@@ -208,8 +208,7 @@ def estimate(output: Output, spec: SpecFlags) -> None:
     if output.json:
         output.document(answer)
         return
-    for name, value in answer.items():
-        output.out.print(f"[bold]{name}[/bold]: {value}", highlight=False)
+    output.item(answer)
 
 
 @app.command("list")

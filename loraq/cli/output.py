@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,16 +47,17 @@ class Output:
             return
         table = Table(*columns, title=title, box=None, header_style="bold")
         for row in rows:
-            table.add_row(*(cell(getattr(row, column, None)) for column in columns))
+            table.add_row(*(cell(getattr(row, column, None), column) for column in columns))
         self.out.print(table)
 
-    def item(self, value: BaseModel, fields: Iterable[str]) -> None:
-        """One object: its JSON, or the named fields as `name: value` lines."""
+    def item(self, value: BaseModel | Mapping[str, Any], fields: Iterable[str] | None = None) -> None:
+        """One object: its JSON, or its fields (these, or all of them) as `name: value` lines."""
         if self.json:
             self.document(value)
             return
-        for name in fields:
-            self.out.print(f"[bold]{name}[/bold]: {cell(getattr(value, name, None))}", highlight=False)
+        values = plain(value)
+        for name in values if fields is None else fields:
+            self.out.print(f"[bold]{name}[/bold]: {cell(values.get(name), name)}", highlight=False)
 
 
 def connect(connection: Connection) -> Client:
@@ -79,14 +80,40 @@ def plain(value: Any) -> Any:
     return value
 
 
-def cell(value: Any) -> str:
-    if value is None:
+def cell(value: Any, name: str = "") -> str:
+    """A value as a person reads it, by the API's naming: `created` and `*_at` are Unix times (shown in
+    UTC), `*_bytes` a size (every value of a `*_bytes` object too); an object is `key=value, ...`. --json
+    keeps them raw."""
+    value = plain(value)
+    if value is None or value == [] or value == {}:
         return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float) and (name == "created" or name.endswith("_at")):
+        return timestamp(value)
+    if isinstance(value, int) and name.endswith("bytes"):
+        return size(value)
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, BaseModel | dict | list):
-        return json.dumps(plain(value))
+    if isinstance(value, dict):
+        # The values of a `memory_bytes` object are sizes, whatever their own names.
+        sizes = name.endswith("_bytes")
+        return ", ".join(f"{key}={cell(item, name if sizes else key)}" for key, item in value.items())
+    if isinstance(value, list):
+        return ", ".join(cell(item, name) for item in value)
     return str(value)
+
+
+def size(count: int) -> str:
+    """Bytes in binary units, to one decimal: 435161817 is 415.0 MiB."""
+    if count < 1024:
+        return f"{count} B"
+    scaled = float(count)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        scaled /= 1024
+        if scaled < 1024 or unit == "TiB":
+            break
+    return f"{scaled:.1f} {unit}"
 
 
 def timestamp(seconds: float | None = None) -> str:
