@@ -92,11 +92,11 @@ def recorded(session: Session, lease: Lease) -> tuple[list[str], list[int]]:
 
 def test_no_write_lands_once_the_job_is_cancelled(leased_job: tuple[Session, Lease]) -> None:
     session, lease = leased_job
-    assert runs.record_metrics(session, lease, step=1, metrics={"train_loss": 1.5})
+    assert runs.record_reports(session, lease, metrics=[(1, {"train_loss": 1.5})])
     before = recorded(session, lease)
     assert runs.cancel(session, lease.job_id)
-    assert not runs.record_progress(session, lease, {"step": 2})
-    assert not runs.record_metrics(session, lease, step=2, metrics={"train_loss": 1.4})
+    assert not runs.record_reports(session, lease, progress={"step": 2})
+    assert not runs.record_reports(session, lease, metrics=[(2, {"train_loss": 1.4})])
     refused = runs.add_checkpoint(
         session, lease, step=2, metrics={}, storage_key="checkpoints/x", resume_bytes=1, keep_bundles=3
     )
@@ -110,7 +110,7 @@ def test_no_write_lands_once_the_job_is_cancelled(leased_job: tuple[Session, Lea
 def test_resuming_drops_the_metrics_past_the_checkpoint(leased_job: tuple[Session, Lease]) -> None:
     session, lease = leased_job
     for step in range(1, 7):
-        assert runs.record_metrics(session, lease, step=step, metrics={"train_loss": 1.0 / step})
+        assert runs.record_reports(session, lease, metrics=[(step, {"train_loss": 1.0 / step})])
     stale = runs.add_checkpoint(
         session, lease, step=4, metrics={}, storage_key="checkpoints/x", resume_bytes=1, keep_bundles=3
     )

@@ -115,16 +115,6 @@ def record_reports(
     return True
 
 
-def record_progress(session: Session, lease: Lease, progress: dict[str, Any]) -> bool:
-    """Store the job's progress if still ours; True when it did."""
-    return record_reports(session, lease, progress=progress)
-
-
-def record_metrics(session: Session, lease: Lease, *, step: int, metrics: dict[str, Any]) -> bool:
-    """Add a step's metrics event if still ours; True when it did."""
-    return record_reports(session, lease, metrics=[(step, metrics)])
-
-
 def record_baseline(
     session: Session,
     lease: Lease,
