@@ -7,6 +7,9 @@ environment sets, e.g. LORAQ_API_WORKERS=2) over N jobs and lets `wrk` (apt-get 
 each concurrency for a few seconds. With --against REF, a second `loraq-api` runs the code of REF (a git
 worktree, first on PYTHONPATH) on the same database; rounds alternate which goes first, and the CPU the
 API's processes used per request (the figure that host noise moves least) is printed with its ratio.
+On Postgres, when the processes' pools together would pass the server's connections (two deployments of
+LORAQ_API_WORKERS=2 with the default pool do), both run with a smaller pool and as many threads, and the
+bench says so.
 
     .venv/bin/python bench/api_wrk.py                       # SQLite, 2,000 jobs, 1/16/64 clients
     LORAQ_API_WORKERS=2 .venv/bin/python bench/api_wrk.py --database postgres
@@ -30,6 +33,10 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.api_load import Api, checkout, fresh_postgres, insert_jobs
+
+# Of the machine's max_connections (100 by default), what the API processes may take; the rest is for the
+# bench's own inserts and whoever else uses the server.
+POSTGRES_CONNECTIONS = 90
 
 
 def api_cpu_seconds(api: Api) -> float:
@@ -63,6 +70,27 @@ def run_wrk(api: Api, script: Path, clients: int, seconds: int) -> dict[str, Any
         "cpu_ms": cpu * 1000 / max(requests, 1),
         "errors": [line.strip() for line in lines if "Non-2xx" in line or "Socket errors" in line],
     }
+
+
+def within_connection_limit(deployments: int, limit: int = POSTGRES_CONNECTIONS) -> dict[str, str]:
+    """Pool and thread settings under which every API process of every deployment fits in Postgres's
+    connections together; empty when the configured ones already do. Past the limit Postgres refuses
+    connections ("too many clients") and the requests that needed them get 503s: a bench of the server's
+    limit, not of the API."""
+    from loraq.core.settings import get_settings
+
+    settings = get_settings()  # the LORAQ_* the environment sets, as each API process will read them
+    processes = deployments * settings.api_workers
+    pool = settings.db_pool_size
+    if processes * (pool + pool // 4) <= limit:
+        return {}
+    pool = max(1, int(limit / processes / 1.25))
+    threads = min(settings.api_threads, pool)
+    print(
+        f"{processes} API processes x {settings.db_pool_size} connections would pass Postgres's {limit}:"
+        f" running each with LORAQ_DB_POOL_SIZE={pool} LORAQ_API_THREADS={threads}"
+    )
+    return {"LORAQ_DB_POOL_SIZE": str(pool), "LORAQ_API_THREADS": str(threads)}
 
 
 def _ms(value: str) -> float:
@@ -103,12 +131,15 @@ def main() -> None:
             if args.database == "sqlite"
             else fresh_postgres(args.postgres, "loraq_api_wrk")
         )
+        shared = within_connection_limit(2 if args.against else 1) if args.database == "postgres" else {}
         (work / "this").mkdir()
-        apis.append(Api("this", work / "this", url, model))
+        apis.append(Api("this", work / "this", url, model, env=shared))
         if args.against:
             tree = worktrees.enter_context(checkout(args.against, work / "against-tree"))
             (work / "against").mkdir()
-            apis.append(Api(args.against, work / "against", url, model, env={"PYTHONPATH": str(tree)}))
+            apis.append(
+                Api(args.against, work / "against", url, model, env={**shared, "PYTHONPATH": str(tree)})
+            )
         ids = insert_jobs(url, args.jobs)
         # wrk asks for one path at a time: a Lua script walks 500 of the jobs round robin.
         script = work / "paths.lua"
