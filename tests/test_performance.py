@@ -1,11 +1,14 @@
 """Under load the API answers 200 or 503-with-Retry-After and recovers at once; every API process logs in
 the configured format, and the access log can be turned off; uploads are written once; lists come in
-pages; an estimate of a large file is sampled, in a process of its own."""
+pages; an estimate of a large file is sampled, in a process of its own, which stops with the API."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +180,32 @@ def test_a_large_files_estimate_is_sampled_in_another_process(stack: Stack) -> N
         )
         # Asked again: the same answer, from the cache.
         assert client.post("/v1/fine_tuning/jobs/estimate", json=body).json() == estimate
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_the_estimating_process_stops_with_the_api_killed_alone(
+    how: signal.Signals, tmp_path: Path, demo_model: Path
+) -> None:
+    """A supervisor that signals only the API's pid (make serve, systemd's KillMode=process), or the OOM
+    killer, leaves the API's children running; uvicorn's clean stop ends by re-raising SIGTERM, before
+    the estimating process hears it should stop. It must not wait forever for work that never comes."""
+    shutil.copytree(demo_model, tmp_path / "models" / demo_model.name)
+    stack = Stack(name="estimating", home=tmp_path, env={"LORAQ_HOME": str(tmp_path)})
+    stack.start_api()
+    try:
+        with stack.client() as client:
+            file_id = upload(client, chat_dataset(8))["id"]
+            body = job_body(file_id, method=method(**FAST_HYPERPARAMETERS))
+            assert client.post("/v1/fine_tuning/jobs/estimate", json=body).status_code == 200
+        assert stack.api is not None
+        [estimator] = [
+            child
+            for child in psutil.Process(stack.api.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        os.kill(stack.api.pid, how)  # the API alone, not its process group
+        stack.api.wait(timeout=30)
+        gone, alive = psutil.wait_procs([estimator], timeout=10)
+        assert gone and not alive, f"the estimating process {estimator.pid} outlived the API"
+    finally:
+        stack.stop()

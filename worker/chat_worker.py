@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import sys
-import threading
-import time
 from functools import cache
 from typing import Any
 
@@ -21,6 +18,7 @@ from loraq.core.broker import CHAT_QUEUE, CHAT_TASK, get_celery
 from loraq.core.db import session_scope
 from loraq.core.errors import LoraqError
 from loraq.core.logs import configure_logging
+from loraq.core.processes import stop_with_parent
 from loraq.core.settings import get_settings
 from loraq.storage.stores import get_store
 
@@ -70,21 +68,12 @@ def chat_completion(request_id: str) -> None:
         repository.finish(session, request_id, result=result, error=error)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """Stop once the `loraq-worker` that started this process is gone (killed alone, not its group)."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    log.warning("loraq-worker %d is gone; the chat process stops too", parent)
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def main() -> None:
     """Run the chat worker; its one argument is the pid of the `loraq-worker` it belongs to."""
     settings = get_settings()
     configure_logging(settings)
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)  # no line per answered chat
-    # The pid as given, not os.getppid(): a parent killed while this process was starting is gone already.
-    threading.Thread(target=_exit_with_parent, args=(int(sys.argv[-1]),), daemon=True).start()
+    stop_with_parent(int(sys.argv[-1]), name="the chat process")  # its loraq-worker's pid
     # Never recycled (the training worker's children are, after each job): loaded models stay loaded.
     app.conf.worker_max_tasks_per_child = None
     app.worker_main(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from loraq.core.errors import InvalidRequest, ServiceUnavailable
+from loraq.core.processes import stop_with_parent
 from loraq.jobs import estimate
 from loraq.jobs.spec import JobCreate
 from loraq.tokens.chat_template import ChatTemplateError
@@ -100,10 +101,12 @@ def run_estimate(key: str, job: EstimateInput, *, wait_seconds: float = WAIT_SEC
         _waiting.release()
 
 
-def _yield_the_cpu() -> None:
-    """In the estimating process: background work, so on a busy machine the API's requests run first
-    (on 2 cores a GET's p99 otherwise grows while a large file is estimated)."""
+def _start_estimating(api_process: int) -> None:
+    """In the estimating process, first: it yields the CPU, as background work, so that on a busy machine
+    the API's requests run first (on 2 cores a GET's p99 otherwise grows while a large file is estimated);
+    and it stops with the API process, which may die without telling it (uvicorn ends with SIGTERM)."""
     os.nice(10)
+    stop_with_parent(api_process, name="the estimating process")
 
 
 def _submit(key: str, job: EstimateInput) -> Future[dict[str, Any]]:
@@ -114,7 +117,10 @@ def _submit(key: str, job: EstimateInput) -> Future[dict[str, Any]]:
         if _executor is None:
             # spawn: no copy of the API's threads and locks, and torch-free like the API.
             _executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_yield_the_cpu
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_estimating,
+                initargs=(os.getpid(),),
             )
         future = _executor.submit(compute, job)
         _running[key] = future
