@@ -12,11 +12,15 @@ from api.app import create_app
 from loraq.core.db import session_scope
 from loraq.core.logs import configure_logging
 from loraq.core.migrate import upgrade_to_head
+from loraq.core.processes import stop_with_parent
 from loraq.core.settings import get_settings
 from loraq.projects.keys import ensure_admin_key
 from loraq.storage.scratch import remove_stale_scratch
 
 log = logging.getLogger("loraq.api")
+
+# Not a setting (no LORAQ_ prefix): how `main` tells the serving processes which process started them.
+SUPERVISOR_PID = "_LORAQ_API_SUPERVISOR_PID"
 
 
 def main() -> None:
@@ -37,6 +41,7 @@ def main() -> None:
     if workers > 1:
         # The API keeps no state of its own: its processes share one socket, each with its threads and pool.
         log.info("%d API processes, each serving %d requests at once", workers, settings.api_threads)
+    os.environ[SUPERVISOR_PID] = str(os.getpid())  # for the serving processes uvicorn starts
     uvicorn.run(
         "api.main:create_served_app",
         factory=True,
@@ -54,8 +59,12 @@ def main() -> None:
 def create_served_app() -> FastAPI:
     """The app as each serving process builds it. uvicorn starts its worker processes (LORAQ_API_WORKERS
     above 1) by spawning, not forking: they begin with Python's default logging, which would drop their
-    access log and INFO lines and ignore LORAQ_LOG_FORMAT."""
+    access log and INFO lines and ignore LORAQ_LOG_FORMAT. And they outlive a uvicorn killed alone
+    (SIGKILL, the OOM killer), serving on without it and holding its port against a restart."""
     configure_logging(get_settings())
+    supervisor = int(os.environ.get(SUPERVISOR_PID, os.getpid()))
+    if supervisor != os.getpid():
+        stop_with_parent(supervisor, name="this API process")
     return create_app()
 
 

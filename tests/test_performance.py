@@ -109,6 +109,30 @@ def test_each_api_process_logs_every_request_in_the_configured_format(tmp_path: 
         stack.stop()
 
 
+def test_the_serving_processes_stop_with_a_uvicorn_killed_alone(tmp_path: Path) -> None:
+    """LORAQ_API_WORKERS > 1: uvicorn's serving processes, left behind by a SIGKILL of their parent (the
+    OOM killer, `kill -9` of the pid a supervisor knows), would go on serving unsupervised and hold the
+    port against the restart."""
+    stack = Stack(name="orphans", home=tmp_path, env={"LORAQ_HOME": str(tmp_path), "LORAQ_API_WORKERS": "2"})
+    stack.start_api()
+    try:
+        assert stack.api is not None
+        serving = [
+            child
+            for child in psutil.Process(stack.api.pid).children()
+            if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert len(serving) == 2, serving
+        os.kill(stack.api.pid, signal.SIGKILL)  # the parent alone
+        stack.api.wait(timeout=30)
+        gone, alive = psutil.wait_procs(serving, timeout=15)
+        assert len(gone) == 2 and not alive, [process.pid for process in alive]
+        # The port is free again: a new API starts on it.
+        stack.start_api("api-restarted.log")
+    finally:
+        stack.stop()
+
+
 def test_the_access_log_can_be_turned_off(tmp_path: Path) -> None:
     stack = Stack(name="quiet", home=tmp_path, env={"LORAQ_HOME": str(tmp_path), "LORAQ_ACCESS_LOG": "false"})
     stack.start_api()
