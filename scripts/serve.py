@@ -70,8 +70,11 @@ def main() -> int:
         # the first handler holds it, and the process would wait on itself forever.
         api.terminate()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # SIGHUP: the terminal closed. It reaches the API, in this process group, but not the worker, in a
+    # session of its own (so that a kill of its group reaches Celery's children): unstopped, it would run
+    # on, orphaned, beside the worker of the next `make serve`.
+    for each in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(each, stop)
     code = api.wait()
     stopping.set()  # the API is gone: the supervisor restarts no more workers
     for worker in workers:

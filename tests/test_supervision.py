@@ -138,3 +138,15 @@ def test_make_serve_stops_with_all_its_processes_however_it_is_signalled(served:
     # Nothing left behind: the API, the worker (in its own session) and its pool children are gone.
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == [], [" ".join(p.cmdline()) for p in alive]
+
+
+def test_closing_the_terminal_of_make_serve_leaves_no_process_behind(served: Served) -> None:
+    """A closing terminal sends SIGHUP to its foreground process group: make, serve.py and the API. The
+    worker, in a session of its own, must be stopped by serve.py, not left running orphaned."""
+    wait_for(lambda: _answers(served.url + "/readyz"), timeout=300, what="/readyz to say ready")
+    children = psutil.Process(served.process.pid).children(recursive=True)
+    assert served.worker_main_pids()
+    os.killpg(served.process.pid, signal.SIGHUP)
+    served.process.wait(timeout=90)
+    _, alive = psutil.wait_procs(children, timeout=60)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
