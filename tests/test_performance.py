@@ -43,6 +43,12 @@ def small_api(database_url: str, tmp_path: Path) -> Iterator[Stack]:
     stack.stop()
 
 
+def spawned_children(pid: int) -> list[psutil.Process]:
+    """The processes `pid` started with multiprocessing's spawn: uvicorn's serving processes, the
+    estimating process."""
+    return [child for child in psutil.Process(pid).children() if "spawn_main" in " ".join(child.cmdline())]
+
+
 async def _burst(stack: Stack, path: str, count: int) -> list[httpx.Response]:
     headers = {"Authorization": f"Bearer {stack.admin_key}"}
     limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
@@ -117,11 +123,7 @@ def test_the_serving_processes_stop_with_a_uvicorn_killed_alone(tmp_path: Path) 
     stack.start_api()
     try:
         assert stack.api is not None
-        serving = [
-            child
-            for child in psutil.Process(stack.api.pid).children()
-            if "spawn_main" in " ".join(child.cmdline())
-        ]
+        serving = spawned_children(stack.api.pid)
         assert len(serving) == 2, serving
         os.kill(stack.api.pid, signal.SIGKILL)  # the parent alone
         stack.api.wait(timeout=30)
@@ -196,8 +198,7 @@ def test_a_large_files_estimate_is_sampled_in_another_process(stack: Stack) -> N
         assert gets and set(gets) == {200}
         # Tokenized outside the API process: in its spawned estimating process.
         assert stack.api is not None
-        children = psutil.Process(stack.api.pid).children()
-        estimators = [child for child in children if "spawn_main" in " ".join(child.cmdline())]
+        estimators = spawned_children(stack.api.pid)
         # ... and at a lower priority than the API, whose requests get the CPU first.
         assert estimators and all(
             child.nice() >= psutil.Process(stack.api.pid).nice() + 10 for child in estimators
@@ -222,11 +223,7 @@ def test_the_estimating_process_stops_with_the_api_killed_alone(
             body = job_body(file_id, method=method(**FAST_HYPERPARAMETERS))
             assert client.post("/v1/fine_tuning/jobs/estimate", json=body).status_code == 200
         assert stack.api is not None
-        [estimator] = [
-            child
-            for child in psutil.Process(stack.api.pid).children()
-            if "spawn_main" in " ".join(child.cmdline())
-        ]
+        [estimator] = spawned_children(stack.api.pid)
         os.kill(stack.api.pid, how)  # the API alone, not its process group
         stack.api.wait(timeout=30)
         gone, alive = psutil.wait_procs([estimator], timeout=10)
