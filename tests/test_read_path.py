@@ -23,7 +23,11 @@ from api.app import create_app
 from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker, session_scope
 from loraq.core.settings import get_settings
 from loraq.jobs import repository
+from loraq.jobs.spec import JobCreate
+from loraq.jobs.states import JobStatus
+from loraq.jobs.tables import Job
 from loraq.projects.keys import CheckedKey, RecentKeys, ensure_admin_key, recent_keys
+from loraq.projects.repository import find_project_by_name
 from loraq.projects.tables import Project
 from tests.helpers import migrated_engine, new_job
 
@@ -192,7 +196,86 @@ def test_reading_jobs_leaves_the_base_models_answers_in_the_database(database_ur
     with Session(engine) as session:
         statements.clear()
         repository.get_job(session, project_id=project_id, job_id=job_id)
+        repository.read_job(session, project_id=project_id, job_id=job_id)
         repository.list_jobs(session, project_id=project_id, status=None, metadata={}, after=None, limit=20)
         assert statements and not any("base_samples" in statement for statement in statements)
         assert repository.get_job_for_worker(session, job_id).base_samples == answers
     engine.dispose()
+
+
+def _job_as_the_api_would_store_it(session: Session, *, status: JobStatus, **fields: Any) -> str:
+    """A job row with a valid spec, in the default project (the admin key's)."""
+    spec = JobCreate.model_validate({"model": "loraq-tiny-demo", "training_file": "file-x"})
+    assert spec.method is not None
+    project = find_project_by_name(session, "default")
+    assert project is not None
+    job = Job(
+        project_id=project.id,
+        model="loraq-tiny-demo",
+        base_model="loraq-tiny-demo",
+        training_file="file-x",
+        seed=7,
+        method=spec.method.model_dump(mode="json"),
+        hyperparameters=spec.requested_hyperparameters.resolve(n_examples=10).model_dump(mode="json"),
+        adapter=spec.adapter.model_dump(mode="json"),
+        export=spec.export.model_dump(mode="json"),
+        status=status.value,
+        result_files=[],
+        metadata_={"team": "search"},
+        **fields,
+    )
+    session.add(job)
+    session.flush()
+    return job.id
+
+
+def test_the_polled_job_is_answered_as_the_list_answers_it_in_one_trip_and_one_query(
+    app_in_process: tuple[FastAPI, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GET job, which every client polls, reads its row as columns and writes its JSON in its thread, past
+    FastAPI's session dependency and response model; the list goes the usual way. The two must agree, field
+    for field: the derived ones (`estimated_finish`, `status_details`) and the renamed ones included."""
+    app, key = app_in_process
+    with session_scope() as session:
+        running = _job_as_the_api_would_store_it(
+            session,
+            status=JobStatus.RUNNING,
+            progress={"step": 3, "total_steps": 9, "eta_seconds": 60.5, "reported_at": 1_800_000_000.25},
+            lease_expires_at=time.time() + 600,
+        )
+        queued = _job_as_the_api_would_store_it(session, status=JobStatus.QUEUED)
+    listed = {
+        job["id"]: job
+        for job in asyncio.run(_request(app, key, "GET", "/v1/fine_tuning/jobs")).json()["data"]
+    }
+
+    trips: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    statements: list[str] = []
+    event.listen(get_engine(), "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+
+    answer = asyncio.run(_request(app, key, "GET", f"/v1/fine_tuning/jobs/{running}"))
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "application/json"
+    assert answer.json() == listed[running]
+    assert answer.json()["estimated_finish"] == 1_800_000_060
+    assert answer.json()["organization_id"] and answer.json()["metadata"] == {"team": "search"}
+    assert len(trips) == 1 and len(statements) == 1, (trips, statements)  # the key was checked by the list
+    assert get_engine().pool.checkedout() == 0  # its session closed in its thread
+
+    # A queued job with no worker alive: the API says why it is not moving, on both paths.
+    waiting = asyncio.run(_request(app, key, "GET", f"/v1/fine_tuning/jobs/{queued}")).json()
+    assert waiting == listed[queued]
+    assert waiting["status_details"] == "waiting for a worker: no worker is alive"
+    assert waiting["estimated_finish"] is None
+
+    missing = asyncio.run(_request(app, key, "GET", "/v1/fine_tuning/jobs/ftjob-missing"))
+    assert missing.status_code == 404
+    assert missing.json()["error"]["param"] == "fine_tuning_job_id"
+    assert get_engine().pool.checkedout() == 0

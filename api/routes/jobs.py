@@ -5,14 +5,26 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import TypeAdapter, ValidationError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.bodies import JSONBodyRoute, parse_json
-from api.deps import Cursor, IdempotencyKey, ObjectId, ProjectId, SessionDep, SettingsDep, StoreDep
+from api.deps import (
+    Cursor,
+    IdempotencyKey,
+    ObjectId,
+    ProjectId,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    read_session,
+)
 from api.schemas.common import ListPublic, list_of
 from api.schemas.jobs import CheckpointPublic, EventPublic, JobPublic, SamplePublic
 from loraq.core.errors import InvalidRequest
+from loraq.core.settings import get_settings
 from loraq.jobs import repository, service
 from loraq.jobs.spec import JobCreate, Metadata
 from loraq.jobs.states import JobStatus
@@ -88,11 +100,19 @@ def list_jobs(
 
 
 @router.get("/{fine_tuning_job_id}", response_model=JobPublic)
-def get_job(
-    fine_tuning_job_id: ObjectId, project_id: ProjectId, session: SessionDep, settings: SettingsDep
-) -> JobPublic:
-    job = repository.get_job(session, project_id=project_id, job_id=fine_tuning_job_id)
-    return _public(job, service.status_details(session, [job], settings=settings))
+async def get_job(fine_tuning_job_id: ObjectId, project_id: ProjectId, request: Request) -> Response:
+    # The one URL every client polls (the SDK's and the CLI's waits, the dashboard's job page), so it takes
+    # the short way through FastAPI: its session is not a dependency, which the event loop would enter and
+    # leave, and its answer is read, checked and written as JSON in one trip to a thread (docs/benchmarks.md).
+    return await run_in_threadpool(_job_answer, read_session(request), project_id, fine_tuning_job_id)
+
+
+def _job_answer(session: Session, project_id: str, job_id: str) -> Response:
+    with session:
+        job = repository.read_job(session, project_id=project_id, job_id=job_id)
+        details = service.status_details(session, [job], settings=get_settings())
+    answer = JobPublic.model_validate({**job._mapping, "status_details": details.get(job.id)})
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @router.post("/{fine_tuning_job_id}/cancel", response_model=JobPublic)

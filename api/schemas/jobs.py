@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from api.schemas.common import PublicModel
 from loraq.jobs.spec import AdapterSpec, ExportSpec, Method, ResolvedHyperparameters
+from loraq.jobs.states import JobStatus
 
 
 class JobError(BaseModel):
@@ -50,11 +51,20 @@ class JobPublic(PublicModel):
     metadata: dict[str, str] | None = Field(validation_alias="metadata_")
     error: JobError | None
     progress: dict[str, Any] | None
-    estimated_finish: int | None = None
     evaluation: JobEvaluation | None = None  # loraq: None without validation data
     samples: list[dict[str, Any]] | None = None  # loraq: the sample inputs asked for at create
     sample_max_new_tokens: int = 64
     integrations: list[Any] = []
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def estimated_finish(self) -> int | None:
+        """When a running job should finish, by its latest progress report (OpenAI's field)."""
+        progress = self.progress or {}
+        eta, reported_at = progress.get("eta_seconds"), progress.get("reported_at")
+        if self.status != JobStatus.RUNNING or eta is None or reported_at is None:
+            return None
+        return int(reported_at + eta)
 
 
 class EventPublic(PublicModel):

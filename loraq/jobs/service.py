@@ -6,7 +6,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -144,7 +144,18 @@ def _assumed_device(session: Session, settings: Settings) -> tuple[str, str]:
     return workers[0].device, workers[0].compute_dtype
 
 
-def status_details(session: Session, jobs: Sequence[Job], *, settings: Settings) -> dict[str, str]:
+class JobState(Protocol):
+    """What status_details reads of a job: a Job, or its row (repository.read_job)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def lease_expires_at(self) -> float | None: ...
+
+
+def status_details(session: Session, jobs: Sequence[JobState], *, settings: Settings) -> dict[str, str]:
     """Why each stalled job is not moving, by job id: nobody alive to run it, or to resume it.
 
     Only the API can say so: with every worker dead, no worker is left to write an event.

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from loraq.core.db import Base
 from loraq.core.ids import new_id, unix_seconds
-from loraq.jobs.states import JobStatus
 
 
 class Job(Base):
@@ -61,15 +60,6 @@ class Job(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(Float, default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     published_at: Mapped[float | None] = mapped_column(Float, default=None)
-
-    @property
-    def estimated_finish(self) -> int | None:
-        """When a running job should finish, by its latest progress report (OpenAI's field)."""
-        progress = self.progress or {}
-        eta, reported_at = progress.get("eta_seconds"), progress.get("reported_at")
-        if self.status != JobStatus.RUNNING or eta is None or reported_at is None:
-            return None
-        return int(reported_at + eta)
 
 
 class JobEvent(Base):
