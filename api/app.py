@@ -6,6 +6,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI
@@ -14,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from api.admission import Admission
+from api.deps import API_KEY_SCHEME, TAKES_API_KEY
 from api.errors import install_error_handlers
 from api.limits import AuthenticateFirst, BodyLimitMiddleware
 from api.page_policy import PagesLoadFromHere
@@ -39,6 +41,26 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     finally:
         gc.unfreeze()
         shutdown_estimator()
+
+
+def document_api_keys(app: FastAPI) -> None:
+    """The API key as OpenAPI's bearer scheme, on every /v1 operation (AuthenticateFirst checks each one's):
+    one Authorize box in /docs, and what SDK generators read, where a header parameter per route would be
+    extracted and validated on every request."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # made once and kept, by FastAPI
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        if not schemes:
+            schemes.update(API_KEY_SCHEME)
+            for path, operations in schema["paths"].items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation.update(TAKES_API_KEY)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app() -> FastAPI:
@@ -76,6 +98,7 @@ def create_app() -> FastAPI:
     for module in (jobs, health, files, models, projects, workers, webhooks, chat):
         app.include_router(module.router)
     app.include_router(projects.me_router)
+    document_api_keys(app)
 
     # The dashboard: plain ES modules and vendored libraries from the package, no CDN and no build step.
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy.exc import OperationalError
 
-from api.deps import AdminKey, SettingsDep
+from api.deps import TAKES_API_KEY, AdminKey, SettingsDep
 from api.errors import error_response
 from api.routing import OneHopRoute
 from loraq.base_models.catalog import list_base_models
@@ -61,6 +61,7 @@ JOBS_BY_STATUS = Gauge(
     "/metrics",
     response_class=PlainTextResponse,
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    openapi_extra=TAKES_API_KEY,
 )
 def metrics(_admin: AdminKey) -> Response:
     """Prometheus text; its job counts span every project, so it takes an admin key (Prometheus sends it
