@@ -1,16 +1,18 @@
-"""Admission: an API process serves as many requests at once as it has threads and connections for.
+"""Admission: an API process runs a few requests at once (LORAQ_API_CONCURRENCY).
 
 The rest wait at the door, in order, for at most a few seconds, then get a 503 with Retry-After. Without
 it, every request starts, each takes a database connection between its hops through the thread pool,
-and past the pool's size all of them wait for connections the others hold: a stall, then 500s.
+and past the pool's size all of them wait for connections the others hold: a stall, then 500s. And the
+requests a process runs share one interpreter lock: past a handful at once they only pass it back and
+forth, so each takes longer and the slowest much longer (docs/benchmarks.md).
 A request leaves its slot once its response starts, so a long download holds none.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
-import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import BUSY_RETRY_AFTER, error_response
@@ -35,7 +37,7 @@ class Admission:
         self.wait_seconds = wait_seconds
         self.prefix = prefix
         self.exempt = exempt  # (method, path) of requests that hold no connection while they last (uploads)
-        self._limiter: anyio.CapacityLimiter | None = None  # made in the event loop, on first use
+        self._slots: asyncio.Semaphore | None = None  # made in the event loop, on first use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -45,12 +47,10 @@ class Admission:
         ):
             await self.app(scope, receive, send)
             return
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.slots)
-        limiter, borrower = self._limiter, object()
-        with anyio.move_on_after(self.wait_seconds):
-            await limiter.acquire_on_behalf_of(borrower)
-        if borrower not in limiter.statistics().borrowers:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.slots)
+        slots = self._slots
+        if not await _acquire_within(slots, self.wait_seconds):
             log.warning("busy: %d requests in progress and more waiting; answered 503", self.slots)
             busy = error_response(
                 503,
@@ -67,7 +67,7 @@ class Admission:
             nonlocal held
             if held:
                 held = False
-                limiter.release_on_behalf_of(borrower)
+                slots.release()
 
         async def send_and_release(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -78,3 +78,15 @@ class Admission:
             await self.app(scope, receive, send_and_release)
         finally:
             release()
+
+
+async def _acquire_within(slots: asyncio.Semaphore, seconds: float) -> bool:
+    # A free slot is taken without a timer: the common case costs no more than a counter. asyncio's
+    # semaphore is first come, first served: a request that arrives while others wait queues behind them.
+    if not slots.locked():
+        return await slots.acquire()
+    try:
+        async with asyncio.timeout(seconds):
+            return await slots.acquire()
+    except TimeoutError:
+        return False

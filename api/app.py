@@ -29,7 +29,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    # Threads and connections sized together: Admission lets in no more requests than there are threads.
+    # Admission's requests run on these threads, beside the ones that hold no slot (uploads, estimates).
     anyio.to_thread.current_default_thread_limiter().total_tokens = get_settings().api_threads
     # What imports and the app made lives as long as the process: out of the collector's way, so that a
     # full collection no longer walks it, pausing every request in flight (p99 at 16 clients halved,
@@ -86,10 +86,17 @@ def create_app() -> FastAPI:
     # Added after, so it runs before: a request waits for a slot before it touches the database.
     app.add_middleware(
         Admission,
-        slots=settings.api_threads,
+        slots=settings.api_concurrency,
         wait_seconds=settings.db_pool_timeout_seconds,
-        # An upload holds no connection while its body streams; a chat none while it waits for its answer.
-        exempt=frozenset({("POST", "/v1/files"), ("POST", "/v1/chat/completions")}),
+        # They hold no connection while they wait on something else: an upload for its body as it streams, an
+        # estimate for the estimating process (which takes two at a time), a chat for its answer.
+        exempt=frozenset(
+            {
+                ("POST", "/v1/files"),
+                ("POST", "/v1/fine_tuning/jobs/estimate"),
+                ("POST", "/v1/chat/completions"),
+            }
+        ),
     )
     app.add_middleware(PagesLoadFromHere, paths=frozenset({"/", "/docs", "/redoc"}))
     install_error_handlers(app)

@@ -40,7 +40,7 @@ def main() -> None:
     workers = settings.api_workers
     if workers > 1:
         # The API keeps no state of its own: its processes share one socket, each with its threads and pool.
-        log.info("%d API processes, each serving %d requests at once", workers, settings.api_threads)
+        log.info("%d API processes, each running %d requests at once", workers, settings.api_concurrency)
     os.environ[SUPERVISOR_PID] = str(os.getpid())  # for the serving processes uvicorn starts
     uvicorn.run(
         "api.main:create_served_app",

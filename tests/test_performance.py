@@ -33,7 +33,7 @@ def small_api(database_url: str, tmp_path: Path) -> Iterator[Stack]:
         env={
             "LORAQ_HOME": str(tmp_path),
             "LORAQ_DATABASE_URL": database_url,
-            "LORAQ_API_THREADS": "2",
+            "LORAQ_API_CONCURRENCY": "2",
             "LORAQ_DB_POOL_SIZE": "2",
             "LORAQ_DB_POOL_TIMEOUT_SECONDS": "0.2",
         },

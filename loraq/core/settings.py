@@ -51,9 +51,15 @@ class Settings(BaseSettings):
     default_max_running_jobs: int = Field(default=4, ge=1)
     default_max_queued_jobs: int = Field(default=100, ge=1)
     default_max_storage_bytes: int = Field(default=50 << 30, ge=1)
-    # The API serves this many requests at once (its thread pool); more wait at the door, up to
-    # db_pool_timeout_seconds, then get a 503 with Retry-After. Each holds at most one connection.
-    api_threads: int = Field(default=32, ge=1, description="Requests one API process serves at once.")
+    # The API runs this many requests at once; more wait at the door, in order, up to
+    # db_pool_timeout_seconds, then get a 503 with Retry-After. Each holds at most one connection. Few, since
+    # requests share one GIL: past a handful, more at once only trade it back and forth (a GET job at 64
+    # clients: p99 43 ms with 4, 55 with 8, 72 with 16; docs/benchmarks.md). Raise it for a database far
+    # away, where a request waiting on it holds its slot and leaves the GIL to others.
+    api_concurrency: int = Field(default=4, ge=1, description="Requests one API process runs at once.")
+    # Threads for those requests and for the ones that wait on something else without a slot: an upload's
+    # body as it streams, an estimate while another process tokenizes.
+    api_threads: int = Field(default=32, ge=1, description="Threads per API process; above api_concurrency.")
     api_workers: int = Field(default=1, ge=1, description="API processes (uvicorn --workers).")
     # A revocation applies at once in the API process that made it, within this many seconds in others.
     api_key_cache_seconds: float = Field(

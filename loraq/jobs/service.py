@@ -114,21 +114,25 @@ def estimate_job(
     key = fingerprint(training.sha256, str(base.path), spec, device, auto_compute_dtype, validation_examples)
     if (answer := estimate_pool.cached(key)) is not None:
         return answer
+    storage_key, dataset_format, examples = training.storage_key, training.format or "chat", training.examples
+    # Nothing to write: the connection goes back to the pool before a download and tokenizing that may take
+    # seconds (the request holds none of the API's slots then either: api/app.py).
+    session.rollback()
     with scratch_dir(settings.scratch_dir, "estimate") as scratch:
         # A local store's blob is read where it is; another store's is downloaded once.
-        train_path = store.local_path(training.storage_key)
+        train_path = store.local_path(storage_key)
         if train_path is None:
             train_path = scratch / "train.jsonl"
-            store.download(training.storage_key, train_path)
+            store.download(storage_key, train_path)
         job = estimate_pool.EstimateInput(
             request=request,
             train_path=train_path,
-            dataset_format=training.format or "chat",
+            dataset_format=dataset_format,
             model_dir=base.path,
             device=device,
             auto_compute_dtype=auto_compute_dtype,
             validation_file_examples=validation_examples,
-            examples=training.examples,
+            examples=examples,
         )
         return estimate_pool.run_estimate(key, job)
 
