@@ -53,9 +53,9 @@ class Settings(BaseSettings):
     default_max_storage_bytes: int = Field(default=50 << 30, ge=1)
     # The API runs this many requests at once; more wait at the door, in order, up to
     # db_pool_timeout_seconds, then get a 503 with Retry-After. Each holds at most one connection. Few, since
-    # requests share one GIL: past a handful, more at once only trade it back and forth (a GET job at 64
-    # clients: p99 43 ms with 4, 55 with 8, 72 with 16; docs/benchmarks.md). Raise it for a database far
-    # away, where a request waiting on it holds its slot and leaves the GIL to others.
+    # requests share one GIL: past a handful, more at once mostly pass it back and forth and the slowest wait
+    # longest (GET job at 64 clients: p99 51 ms with 4, 64 with 32, for 0.93x the throughput;
+    # docs/benchmarks.md). Raise it for a database far away, where a request waiting on it holds its slot.
     api_concurrency: int = Field(default=4, ge=1, description="Requests one API process runs at once.")
     # Threads for those requests and for the ones that wait on something else without a slot: an upload's
     # body as it streams, an estimate while another process tokenizes.
