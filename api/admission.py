@@ -3,8 +3,8 @@
 The rest wait at the door, in order, for at most a few seconds, then get a 503 with Retry-After. Without
 it, every request starts, each takes a database connection between its hops through the thread pool,
 and past the pool's size all of them wait for connections the others hold: a stall, then 500s. And the
-requests a process runs share one interpreter lock: past a handful at once they only pass it back and
-forth, so each takes longer and the slowest much longer (docs/benchmarks.md).
+requests a process runs share one interpreter lock: past a handful at once they mostly pass it back and
+forth, and the slowest wait longest (docs/benchmarks.md).
 A request leaves its slot once its response starts, so a long download holds none.
 """
 

@@ -106,7 +106,7 @@ def _authenticate_alone(authorization: str | None) -> CheckedKey:
 
 async def current_key(request: Request) -> CheckedKey:
     """The caller's checked key. A plain request, not a `Header` parameter: FastAPI would extract and
-    validate the header on every request (6% of a GET job's CPU) for a key that is almost always known
+    validate the header on every request (a few percent of a GET job's CPU) for a key almost always known
     already. The OpenAPI document names the scheme instead (api/app.py: document_api_keys)."""
     # AuthenticateFirst has already checked every /v1 request's key; a route it does not guard checks here.
     key = request.scope.get("state", {}).get(API_KEY_STATE)
