@@ -20,7 +20,7 @@ from api.errors import install_error_handlers
 from api.limits import AuthenticateFirst, BodyLimitMiddleware
 from api.page_policy import PagesLoadFromHere
 from api.routes import chat, files, health, jobs, models, projects, webhooks, workers
-from api.schemas.common import ErrorResponse
+from api.schemas.common import ERROR_STATUSES, ErrorResponse
 from loraq.core.settings import get_settings
 from loraq.jobs.estimate_pool import shutdown_estimator
 
@@ -70,7 +70,7 @@ def create_app() -> FastAPI:
         title="loraq",
         version="0.1.0",
         description="LoRA/QLoRA fine-tuning as a job queue, shaped like OpenAI's fine-tuning API.",
-        responses={status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 409, 413, 429, 503)},
+        responses={status: {"model": ErrorResponse} for status in ERROR_STATUSES},
         lifespan=lifespan,
     )
     settings = get_settings()

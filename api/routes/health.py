@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from api.deps import TAKES_API_KEY, AdminKey, SettingsDep
 from api.errors import error_response
 from api.routing import OneHopRoute
+from api.schemas.common import errors_as_json
 from loraq.base_models.catalog import list_base_models
 from loraq.core.broker import get_celery
 from loraq.core.db import session_scope
@@ -60,7 +61,7 @@ JOBS_BY_STATUS = Gauge(
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **errors_as_json()},
     openapi_extra=TAKES_API_KEY,
 )
 def metrics(_admin: AdminKey) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from http import HTTPStatus
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -48,3 +49,14 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# What any route may answer with an ErrorResponse (the app documents each on every route).
+ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 429, 503)
+
+
+def errors_as_json() -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route whose own answer is not JSON: FastAPI would document them in that
+    route's media type (text/plain for /metrics), though every error is an ErrorResponse in JSON."""
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    return {code: {"description": HTTPStatus(code).phrase, "content": content} for code in ERROR_STATUSES}
