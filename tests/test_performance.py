@@ -78,6 +78,14 @@ def test_overload_is_answered_with_503_and_retry_after_then_the_api_recovers(sma
         assert len(client.get("/v1/files", params={"limit": 100}).json()["data"]) == 21
 
 
+def test_an_api_with_no_live_worker_is_not_ready(small_api: Stack) -> None:
+    """/readyz tells a load balancer or an operator that jobs would wait: no worker is alive to run them."""
+    answer = httpx.get(small_api.base_url + "/readyz")
+    assert answer.status_code == 503
+    assert "no live worker" in answer.json()["error"]["message"]
+    assert httpx.get(small_api.base_url + "/healthz").status_code == 200  # the API itself is up
+
+
 def test_each_api_process_logs_every_request_in_the_configured_format(tmp_path: Path) -> None:
     """LORAQ_API_WORKERS > 1: uvicorn spawns the serving processes, which start with Python's default
     logging; each must set up loraq's own, or their access lines are lost and LORAQ_LOG_FORMAT ignored."""
