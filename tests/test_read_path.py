@@ -74,6 +74,21 @@ async def _request(app: FastAPI, key: str, method: str, path: str, **kwargs: Any
         return await client.request(method, path, **kwargs)
 
 
+def _count_trips_and_statements(monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """From now on: each trip through the thread pool (the function's name), and each SQL statement."""
+    trips: list[str] = []
+    statements: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(function, "__name__", repr(function)))
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    event.listen(get_engine(), "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+    return trips, statements
+
+
 def test_a_read_uses_one_connection_in_autocommit_mode(app_in_process: tuple[FastAPI, str]) -> None:
     app, key = app_in_process
     checkouts, autocommit = _watch(get_engine())
@@ -92,16 +107,7 @@ def test_a_key_checked_a_moment_ago_costs_no_query_and_one_trip_through_the_pool
     """The dashboard and the SDK poll with one key: after its first check, a read makes one query (its own)
     and one trip through the thread pool (the route; its answer is validated on the event loop)."""
     app, key = app_in_process
-    trips: list[str] = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append(getattr(function, "__name__", repr(function)))
-        return await run_sync(function, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    statements: list[str] = []
-    event.listen(get_engine(), "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+    trips, statements = _count_trips_and_statements(monkeypatch)
 
     first = asyncio.run(_request(app, key, "GET", "/v1/me"))
     assert first.status_code == 200, first.text
@@ -249,16 +255,7 @@ def test_the_polled_job_is_answered_as_the_list_answers_it_in_one_trip_and_one_q
         for job in asyncio.run(_request(app, key, "GET", "/v1/fine_tuning/jobs")).json()["data"]
     }
 
-    trips: list[str] = []
-    run_sync = anyio.to_thread.run_sync
-
-    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
-        trips.append(getattr(function, "__name__", repr(function)))
-        return await run_sync(function, *args, **kwargs)
-
-    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
-    statements: list[str] = []
-    event.listen(get_engine(), "before_cursor_execute", lambda _c, _k, sql, *_: statements.append(sql))
+    trips, statements = _count_trips_and_statements(monkeypatch)
 
     answer = asyncio.run(_request(app, key, "GET", f"/v1/fine_tuning/jobs/{running}"))
     assert answer.status_code == 200, answer.text
