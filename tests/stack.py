@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.helpers import FAST_TIMINGS, FINISHED
 from tests.smollm2_cache import link_smollm2
@@ -37,6 +38,12 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
             return result
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+def spawned_children(pid: int) -> list[psutil.Process]:
+    """The processes `pid` started with multiprocessing's spawn: uvicorn's serving processes, the
+    estimating process."""
+    return [child for child in psutil.Process(pid).children() if "spawn_main" in " ".join(child.cmdline())]
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Under load the API answers 200 or 503-with-Retry-After and recovers at once; every API process logs in
-the configured format, and the access log can be turned off; uploads are written once; lists come in
-pages; an estimate of a large file is sampled, in a process of its own, which stops with the API."""
+"""Under load the API answers 200 or 503-with-Retry-After and recovers at once; the access log can be
+turned off; uploads are written once; lists come in pages; an estimate of a large file is sampled, in a
+process of its own, which stops with the API."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from tests.helpers import FAST_HYPERPARAMETERS, chat_dataset, job_body, method, upload
-from tests.stack import Stack, wait_for
+from tests.stack import Stack, spawned_children
 
 CONCURRENT_GETS = 128
 
@@ -41,12 +41,6 @@ def small_api(database_url: str, tmp_path: Path) -> Iterator[Stack]:
     stack.start_api()
     yield stack
     stack.stop()
-
-
-def spawned_children(pid: int) -> list[psutil.Process]:
-    """The processes `pid` started with multiprocessing's spawn: uvicorn's serving processes, the
-    estimating process."""
-    return [child for child in psutil.Process(pid).children() if "spawn_main" in " ".join(child.cmdline())]
 
 
 async def _burst(stack: Stack, path: str, count: int) -> list[httpx.Response]:
@@ -84,63 +78,6 @@ def test_an_api_with_no_live_worker_is_not_ready(small_api: Stack) -> None:
     assert answer.status_code == 503
     assert "no live worker" in answer.json()["error"]["message"]
     assert httpx.get(small_api.base_url + "/healthz").status_code == 200  # the API itself is up
-
-
-def test_each_api_process_logs_every_request_in_the_configured_format(tmp_path: Path) -> None:
-    """LORAQ_API_WORKERS > 1: uvicorn spawns the serving processes, which start with Python's default
-    logging; each must set up loraq's own, or their access lines are lost and LORAQ_LOG_FORMAT ignored."""
-    stack = Stack(
-        name="two-processes",
-        home=tmp_path,
-        env={"LORAQ_HOME": str(tmp_path), "LORAQ_API_WORKERS": "2", "LORAQ_LOG_FORMAT": "json"},
-    )
-    stack.start_api()
-    try:
-        # A new connection each: the kernel spreads them over both processes' accepts.
-        for index in range(20):
-            assert httpx.get(f"{stack.base_url}/healthz?probe={index}", timeout=10).status_code == 200
-        expected = {f"/healthz?probe={index}" for index in range(20)}
-
-        def log_lines() -> list[str]:
-            return [line for line in (tmp_path / "api.log").read_text().splitlines() if line.strip()]
-
-        def logged() -> set[str]:
-            records = [json.loads(line) for line in log_lines() if line.startswith("{")]
-            return {
-                path
-                for record in records
-                if record["logger"] == "uvicorn.access"
-                for path in expected
-                if f'"GET {path} ' in record["message"]
-            }
-
-        wait_for(lambda: logged() == expected, timeout=10, what=f"access lines for {sorted(expected)}")
-        assert [line for line in log_lines() if not line.startswith("{")] == []
-        # Each serving process's own INFO line: both set up logging, whichever got the requests.
-        started = [line for line in log_lines() if "Started server process" in line]
-        assert len(started) == 2, started
-    finally:
-        stack.stop()
-
-
-def test_the_serving_processes_stop_with_a_uvicorn_killed_alone(tmp_path: Path) -> None:
-    """LORAQ_API_WORKERS > 1: uvicorn's serving processes, left behind by a SIGKILL of their parent (the
-    OOM killer, `kill -9` of the pid a supervisor knows), would go on serving unsupervised and hold the
-    port against the restart."""
-    stack = Stack(name="orphans", home=tmp_path, env={"LORAQ_HOME": str(tmp_path), "LORAQ_API_WORKERS": "2"})
-    stack.start_api()
-    try:
-        assert stack.api is not None
-        serving = spawned_children(stack.api.pid)
-        assert len(serving) == 2, serving
-        os.kill(stack.api.pid, signal.SIGKILL)  # the parent alone
-        stack.api.wait(timeout=30)
-        gone, alive = psutil.wait_procs(serving, timeout=15)
-        assert len(gone) == 2 and not alive, [process.pid for process in alive]
-        # The port is free again: a new API starts on it.
-        stack.start_api("api-restarted.log")
-    finally:
-        stack.stop()
 
 
 def test_the_access_log_can_be_turned_off(tmp_path: Path) -> None:

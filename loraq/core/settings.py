@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     # Threads for those requests and for the ones that wait on something else without a slot: an upload's
     # body as it streams, an estimate while another process tokenizes.
     api_threads: int = Field(default=32, ge=1, description="Threads per API process; above api_concurrency.")
-    api_workers: int = Field(default=1, ge=1, description="API processes (uvicorn --workers).")
+    api_workers: int = Field(default=1, ge=1, description="API processes, each on its own socket.")
     # A revocation applies at once in the API process that made it, within this many seconds in others.
     api_key_cache_seconds: float = Field(
         default=10, ge=0, description="How long an API process trusts a key it checked; 0: every request."
