@@ -22,6 +22,8 @@ RESTART_PAUSE_SECONDS = (1, 2, 5, 10, 30)
 HEALTHY_RUN_SECONDS = 60
 
 stopping = threading.Event()
+# How the API ends when it is stopped: cleanly, or by the signal uvicorn re-raises after its shutdown.
+STOPPED_BY_SIGNAL = {0, -signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP}
 
 
 def prepare() -> None:
@@ -65,9 +67,12 @@ def main() -> int:
     supervisor.start()
     api = subprocess.Popen([str(BIN / "loraq-api")])
 
-    def stop(_signum: int, _frame: FrameType | None) -> None:
+    asked_to_stop: list[int] = []
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
         # Nothing that takes a lock: a second signal (kill of the whole group, then Ctrl-C) can land while
         # the first handler holds it, and the process would wait on itself forever.
+        asked_to_stop.append(signum)
         api.terminate()
 
     # SIGHUP: the terminal closed. It reaches the API, in this process group, but not the worker, in a
@@ -84,7 +89,9 @@ def main() -> int:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
-    return code
+    # Asked to stop, the API ending by the signal it was sent is a clean stop: 0, not its -15 (which make
+    # reports as "Error 241" after a `kill` or a service manager's stop).
+    return 0 if asked_to_stop and code in STOPPED_BY_SIGNAL else code
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`make serve` brings up the embedded default from nothing and answers /healthz."""
+"""`make serve` brings up the embedded default from nothing and answers /healthz; a SIGTERM stops it
+cleanly."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.smollm2_cache import link_smollm2
 from tests.stack import free_port, wait_for
@@ -57,5 +59,17 @@ def test_make_serve_runs_the_embedded_default(tmp_path: Path) -> None:
         scrape = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers).text
         assert 'loraq_jobs{status="queued"} 0.0' in scrape
     finally:
-        os.killpg(serve.pid, signal.SIGTERM)
-        serve.wait(timeout=60)
+        processes = psutil.Process(serve.pid).children(recursive=True)
+        supervisor = [p for p in processes if "serve.py" in " ".join(p.cmdline())]
+        # What `kill PID` or a service manager sends: SIGTERM to the supervisor alone.
+        for process in supervisor:
+            process.terminate()
+        try:
+            code = serve.wait(timeout=60)
+        finally:
+            if serve.poll() is None:
+                os.killpg(serve.pid, signal.SIGKILL)
+    assert supervisor, "serve.py ran under make"
+    assert code == 0, "a stop on request is a clean exit, not make's 'Error 241'"
+    _, alive = psutil.wait_procs(processes, timeout=60)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
