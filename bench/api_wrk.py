@@ -14,6 +14,7 @@ bench says so.
     .venv/bin/python bench/api_wrk.py                       # SQLite, 2,000 jobs, 1/16/64 clients
     LORAQ_API_WORKERS=2 .venv/bin/python bench/api_wrk.py --database postgres
     .venv/bin/python bench/api_wrk.py --database postgres --jobs 10000 --against HEAD~1 --rounds 3
+    .venv/bin/python bench/api_wrk.py --database postgres --list     # the jobs list, as the dashboard polls
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--clients", default="1,16,64")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--against", metavar="REF", help="also run this commit's API, interleaved")
+    parser.add_argument(
+        "--list", action="store_true", help="GET the jobs list (the dashboard's poll) instead of single jobs"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -141,9 +145,15 @@ def main() -> None:
                 Api(args.against, work / "against", url, model, env={**shared, "PYTHONPATH": str(tree)})
             )
         ids = insert_jobs(url, args.jobs)
-        # wrk asks for one path at a time: a Lua script walks 500 of the jobs round robin.
+        # wrk asks for one path at a time: a Lua script walks 500 of the jobs round robin, or asks for the
+        # list's first page, 20 jobs, as the dashboard does.
         script = work / "paths.lua"
-        paths = ",".join(f'"/v1/fine_tuning/jobs/{job_id}"' for job_id in ids[:500])
+        wanted = (
+            ["/v1/fine_tuning/jobs?limit=20"]
+            if args.list
+            else [f"/v1/fine_tuning/jobs/{i}" for i in ids[:500]]
+        )
+        paths = ",".join(f'"{path}"' for path in wanted)
         script.write_text(
             f"paths = {{{paths}}}\ncounter = 0\n"
             "request = function()\n  counter = counter + 1\n"
@@ -159,7 +169,8 @@ def main() -> None:
                         run_wrk(api, script, clients, args.seconds)
                     )
         print(
-            f"\n{args.database}, {args.jobs} jobs; GET job under wrk, {args.seconds} s per cell,"
+            f"\n{args.database}, {args.jobs} jobs; {'list jobs' if args.list else 'GET job'} under wrk,"
+            f" {args.seconds} s per cell,"
             f" {args.rounds} round(s), medians (CPU: the API's processes, per request)"
         )
         print(f"{'code':>8} {'clients':>7} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'CPU ms':>7}  errors")

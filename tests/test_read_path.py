@@ -20,6 +20,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
 from api.app import create_app
+from api.schemas.jobs import JobPublic
 from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker, session_scope
 from loraq.core.settings import get_settings
 from loraq.jobs import repository
@@ -238,9 +239,10 @@ def _job_as_the_api_would_store_it(session: Session, *, status: JobStatus, **fie
 def test_the_polled_job_is_answered_as_the_list_answers_it_in_one_trip_and_one_query(
     app_in_process: tuple[FastAPI, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """GET job, which every client polls, reads its row as columns and writes its JSON in its thread, past
-    FastAPI's session dependency and response model; the list goes the usual way. The two must agree, field
-    for field: the derived ones (`estimated_finish`, `status_details`) and the renamed ones included."""
+    """GET job and the list, which clients poll, read rows of columns and write their JSON in their thread,
+    past FastAPI's session dependency and response model. They must agree with each other, field for field
+    (the derived `estimated_finish` and `status_details` and the renamed ones included), and with the
+    ORM's `Job` as create and cancel answer it."""
     app, key = app_in_process
     with session_scope() as session:
         running = _job_as_the_api_would_store_it(
@@ -250,12 +252,20 @@ def test_the_polled_job_is_answered_as_the_list_answers_it_in_one_trip_and_one_q
             lease_expires_at=time.time() + 600,
         )
         queued = _job_as_the_api_would_store_it(session, status=JobStatus.QUEUED)
+    asyncio.run(_request(app, key, "GET", "/v1/me"))  # the key checked: the requests below skip its query
+
+    trips, statements = _count_trips_and_statements(monkeypatch)
     listed = {
         job["id"]: job
         for job in asyncio.run(_request(app, key, "GET", "/v1/fine_tuning/jobs")).json()["data"]
     }
-
-    trips, statements = _count_trips_and_statements(monkeypatch)
+    # The page's query, and the workers' for the queued job's status_details.
+    assert len(trips) == 1 and len(statements) == 2, (trips, statements)
+    with session_scope() as session:
+        as_created = JobPublic.model_validate(repository.get_job_for_worker(session, running))
+    assert as_created.model_dump(mode="json") == listed[running]
+    trips.clear()
+    statements.clear()
 
     answer = asyncio.run(_request(app, key, "GET", f"/v1/fine_tuning/jobs/{running}"))
     assert answer.status_code == 200, answer.text
@@ -263,7 +273,7 @@ def test_the_polled_job_is_answered_as_the_list_answers_it_in_one_trip_and_one_q
     assert answer.json() == listed[running]
     assert answer.json()["estimated_finish"] == 1_800_000_060
     assert answer.json()["organization_id"] and answer.json()["metadata"] == {"team": "search"}
-    assert len(trips) == 1 and len(statements) == 1, (trips, statements)  # the key was checked by the list
+    assert len(trips) == 1 and len(statements) == 1, (trips, statements)
     assert get_engine().pool.checkedout() == 0  # its session closed in its thread
 
     # A queued job with no worker alive: the API says why it is not moving, on both paths.

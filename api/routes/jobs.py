@@ -6,7 +6,8 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -28,7 +29,6 @@ from loraq.core.settings import get_settings
 from loraq.jobs import repository, service
 from loraq.jobs.spec import JobCreate, Metadata
 from loraq.jobs.states import JobStatus
-from loraq.jobs.tables import Job
 from loraq.projects.idempotency import create_once, fingerprint
 
 router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], route_class=JSONBodyRoute)
@@ -73,10 +73,9 @@ def estimate_job(
 
 
 @router.get("", response_model=ListPublic[JobPublic])
-def list_jobs(
+async def list_jobs(
     project_id: ProjectId,
-    session: SessionDep,
-    settings: SettingsDep,
+    request: Request,
     after: Cursor = None,
     limit: Limit = 20,
     status: JobStatus | None = None,
@@ -85,18 +84,23 @@ def list_jobs(
         str | None,
         Query(max_length=200, description="Search: part of the id, suffix, model or a metadata value."),
     ] = None,
-) -> ListPublic[JobPublic]:
-    page = repository.list_jobs(
-        session,
-        project_id=project_id,
-        status=status,
-        metadata=_metadata_filter(metadata),
-        after=after,
-        limit=limit,
-        q=q.strip() if q else None,
-    )
-    details = service.status_details(session, page.items, settings=settings)
-    return list_of(page, lambda job: _public(job, details))
+) -> Response:
+    # The dashboard's front page polls it: the short way, as GET job below.
+    filters = {
+        "status": status,
+        "metadata": _metadata_filter(metadata),
+        "after": after,
+        "limit": limit,
+        "q": q.strip() if q else None,
+    }
+    return await run_in_threadpool(_jobs_answer, read_session(request), project_id, filters)
+
+
+def _jobs_answer(session: Session, project_id: str, filters: dict[str, Any]) -> Response:
+    with session:
+        page = repository.list_jobs(session, project_id=project_id, **filters)
+        details = service.status_details(session, page.items, settings=get_settings())
+    return _json(list_of(page, lambda job: _public(job, details)))
 
 
 @router.get("/{fine_tuning_job_id}", response_model=JobPublic)
@@ -111,7 +115,15 @@ def _job_answer(session: Session, project_id: str, job_id: str) -> Response:
     with session:
         job = repository.read_job(session, project_id=project_id, job_id=job_id)
         details = service.status_details(session, [job], settings=get_settings())
-    answer = JobPublic.model_validate({**job._mapping, "status_details": details.get(job.id)})
+    return _json(_public(job, details))
+
+
+def _public(job: Row[Any], status_details: dict[str, str]) -> JobPublic:
+    return JobPublic.model_validate({**job._mapping, "status_details": status_details.get(job.id)})
+
+
+def _json(answer: BaseModel) -> Response:
+    # Built as the response model: FastAPI passes a returned Response on as it is.
     return Response(answer.model_dump_json(), media_type="application/json")
 
 
@@ -166,10 +178,6 @@ def list_samples(
 
 
 _METADATA = TypeAdapter(Metadata)
-
-
-def _public(job: Job, status_details: dict[str, str]) -> JobPublic:
-    return JobPublic.model_validate(job).model_copy(update={"status_details": status_details.get(job.id)})
 
 
 def _metadata_filter(raw: str | None) -> dict[str, str]:

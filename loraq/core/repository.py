@@ -21,16 +21,18 @@ class Page(Generic[Row]):
 
 
 def paginate(
-    session: Session, statement: Select[Any], table: Any, *, after: str | None, limit: int
+    session: Session, statement: Select[Any], table: Any, *, after: str | None, limit: int, rows: bool = False
 ) -> Page[Any]:
-    """Newest first; `after` is the id of the last item of the previous page."""
+    """Newest first; `after` is the id of the last item of the previous page. The statement's one entity
+    each, or with `rows`, its rows of columns."""
     if after is not None:
         after_seq = session.scalar(statement.with_only_columns(table.seq).where(table.id == after))
         if after_seq is None:
             raise InvalidRequest(f"after: no such object in this list: {after}", param="after")
         statement = statement.where(table.seq < after_seq)
-    rows = session.scalars(statement.order_by(table.seq.desc()).limit(limit + 1)).all()
-    return Page(items=rows[:limit], has_more=len(rows) > limit)
+    newest_first = statement.order_by(table.seq.desc()).limit(limit + 1)
+    items = (session.execute(newest_first) if rows else session.scalars(newest_first)).all()
+    return Page(items=items[:limit], has_more=len(items) > limit)
 
 
 def ping(connection: Connection) -> None:

@@ -43,11 +43,15 @@ def readable_jobs(project_id: str) -> Select[Job]:
 
 # Built once: a statement built per call costs about as much as the query.
 _READABLE_JOB = select(Job).where(Job.project_id == bindparam("project_id"), Job.id == bindparam("job_id"))
-# The poll every client makes (the SDK's and the CLI's waits, the dashboard's job page): the columns, named
-# by attribute (`metadata_`), with no ORM instance to build and fill (docs/benchmarks.md, "GET job").
-_READABLE_JOB_ROW = select(
+# What the polls every client makes read (GET job: the SDK's and the CLI's waits, the dashboard's job page;
+# the list: the dashboard's front page): the columns, named by attribute (`metadata_`), with no ORM instance
+# to build and fill (docs/benchmarks.md, "GET job").
+_JOB_COLUMNS = select(
     *(column.label(name) for name, column in inspect(Job).columns.items() if name != "base_samples")
-).where(Job.project_id == bindparam("project_id"), Job.id == bindparam("job_id"))
+)
+_READABLE_JOB_ROW = _JOB_COLUMNS.where(
+    Job.project_id == bindparam("project_id"), Job.id == bindparam("job_id")
+)
 
 
 def get_job(session: Session, *, project_id: str, job_id: str) -> Job:
@@ -87,15 +91,16 @@ def list_jobs(
     after: str | None,
     limit: int,
     q: str | None = None,
-) -> Page[Job]:
-    statement = readable_jobs(project_id)
+) -> Page[Row[Any]]:
+    """A page of a project's jobs, newest first, as rows of columns named like `read_job`'s."""
+    statement = _JOB_COLUMNS.where(Job.project_id == project_id)
     if status is not None:
         statement = statement.where(Job.status == status)
     if q:
         statement = statement.where(_matches(q))
     for key, value in metadata.items():
         statement = statement.where(Job.metadata_[key].as_string() == value)
-    return paginate(session, statement, Job, after=after, limit=limit)
+    return paginate(session, statement, Job, after=after, limit=limit, rows=True)
 
 
 def _matches(q: str) -> ColumnElement[bool]:
