@@ -61,7 +61,7 @@ def connections_held(stack: Stack) -> dict[int, int]:
 def test_connections_opened_together_spread_over_the_processes(tmp_path: Path) -> None:
     """With one socket shared, the process that wakes first accepts every connection waiting (64 seen
     split 44/20, or all on one) and the other core idles. Each process's own socket lets the kernel
-    spread them: a 64-connection split as lopsided as 18/46 has odds of about 1 in 4,400 (binomial)."""
+    spread them: a split of 64 more lopsided than 18/46 has odds of about 1 in 4,400 (binomial)."""
     stack = two_processes(tmp_path)
     clients: list[socket.socket] = []
     try:
