@@ -41,8 +41,8 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
 
 
 def spawned_children(pid: int) -> list[psutil.Process]:
-    """The processes `pid` started with multiprocessing's spawn: uvicorn's serving processes, the
-    estimating process."""
+    """The processes `pid` started with multiprocessing's spawn: the API's serving processes
+    (LORAQ_API_WORKERS > 1), the estimating process."""
     return [child for child in psutil.Process(pid).children() if "spawn_main" in " ".join(child.cmdline())]
 
 
