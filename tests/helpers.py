@@ -261,25 +261,26 @@ def migrated_engine(url: str) -> Engine:
     return make_engine(url)
 
 
-def new_job(session: Session, project_name: str = "lifecycle-test") -> str:
-    """A queued job row, in a project of that name (made on first use)."""
+def new_job(session: Session, project_name: str = "lifecycle-test", **fields: Any) -> str:
+    """A queued job row, in a project of that name (made on first use); `fields` replace its columns'
+    placeholders (an empty spec, which no API answer would validate)."""
     project = session.scalars(select(Project).where(Project.name == project_name)).first()
     if project is None:
         project = Project(name=project_name)
         session.add(project)
         session.flush()
-    job = Job(
-        project_id=project.id,
-        model="m",
-        base_model="m",
-        training_file="file-x",
-        seed=1,
-        method={},
-        hyperparameters={},
-        adapter={},
-        status=JobStatus.QUEUED.value,
-        result_files=[],
-    )
+    placeholders: dict[str, Any] = {
+        "model": "m",
+        "base_model": "m",
+        "training_file": "file-x",
+        "seed": 1,
+        "method": {},
+        "hyperparameters": {},
+        "adapter": {},
+        "status": JobStatus.QUEUED.value,
+        "result_files": [],
+    }
+    job = Job(project_id=project.id, **{**placeholders, **fields})
     session.add(job)
     session.flush()
     return job.id

@@ -26,9 +26,7 @@ from loraq.core.settings import get_settings
 from loraq.jobs import repository
 from loraq.jobs.spec import JobCreate
 from loraq.jobs.states import JobStatus
-from loraq.jobs.tables import Job
 from loraq.projects.keys import CheckedKey, RecentKeys, ensure_admin_key, recent_keys
-from loraq.projects.repository import find_project_by_name
 from loraq.projects.tables import Project
 from tests.helpers import migrated_engine, new_job
 
@@ -214,26 +212,20 @@ def _job_as_the_api_would_store_it(session: Session, *, status: JobStatus, **fie
     """A job row with a valid spec, in the default project (the admin key's)."""
     spec = JobCreate.model_validate({"model": "loraq-tiny-demo", "training_file": "file-x"})
     assert spec.method is not None
-    project = find_project_by_name(session, "default")
-    assert project is not None
-    job = Job(
-        project_id=project.id,
+    return new_job(
+        session,
+        project_name="default",
         model="loraq-tiny-demo",
         base_model="loraq-tiny-demo",
-        training_file="file-x",
         seed=7,
         method=spec.method.model_dump(mode="json"),
         hyperparameters=spec.requested_hyperparameters.resolve(n_examples=10).model_dump(mode="json"),
         adapter=spec.adapter.model_dump(mode="json"),
         export=spec.export.model_dump(mode="json"),
         status=status.value,
-        result_files=[],
         metadata_={"team": "search"},
         **fields,
     )
-    session.add(job)
-    session.flush()
-    return job.id
 
 
 def test_the_polled_job_is_answered_as_the_list_answers_it_in_one_trip_and_one_query(
