@@ -9,7 +9,8 @@ cores: p99 58 against 69 ms, and no round with one process idle, which uvicorn's
 four; docs/benchmarks.md).
 
 This process starts them, restarts one that dies, and stops them all on SIGTERM, SIGINT or SIGHUP. Each
-stops itself if this process is killed alone (api/main.py: create_served_app).
+stops itself if this process is killed alone (api/main.py: create_served_app). They share a count of
+revoked keys, so that a key revoked through one is refused by all at once (loraq.projects.keys).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import socket
 import threading
 import time
 from multiprocessing.connection import wait
+from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 import uvicorn
+
+from loraq.projects.keys import share_revocations
 
 log = logging.getLogger("loraq.api")
 
@@ -46,6 +50,7 @@ def serve_in_processes(count: int, host: str, port: int, uvicorn_options: dict[s
         log.error("cannot listen on %s:%s: %s", host, port, error)
         return 1
     spawn = multiprocessing.get_context("spawn")
+    revocations = Revocations(spawn)
     stopping = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:
@@ -57,7 +62,10 @@ def serve_in_processes(count: int, host: str, port: int, uvicorn_options: dict[s
 
     def start() -> tuple[BaseProcess, float]:
         process = spawn.Process(
-            target=_serve, args=(host, port, uvicorn_options), name="loraq-api-serving", daemon=False
+            target=_serve,
+            args=(host, port, uvicorn_options, revocations),
+            name="loraq-api-serving",
+            daemon=False,
         )
         process.start()
         return process, time.monotonic()
@@ -83,7 +91,23 @@ def serve_in_processes(count: int, host: str, port: int, uvicorn_options: dict[s
     return status
 
 
-def _serve(host: str, port: int, uvicorn_options: dict[str, Any]) -> None:
+class Revocations:
+    """The serving processes' count of revoked keys, in shared memory."""
+
+    def __init__(self, context: SpawnContext) -> None:
+        self._count = context.Value("q", 0)
+
+    @property
+    def value(self) -> int:
+        return int(self._count.get_obj().value)  # read on every request: an aligned word, without the lock
+
+    def increment(self) -> None:
+        with self._count.get_lock():
+            self._count.value += 1
+
+
+def _serve(host: str, port: int, uvicorn_options: dict[str, Any], revocations: Revocations) -> None:
+    share_revocations(revocations)
     # backlog: uvicorn's default; the socket is made here, so uvicorn's own setting does not reach it.
     listening = socket.create_server((host, port), family=_family(host), backlog=2048, reuse_port=True)
     uvicorn.Server(uvicorn.Config(**uvicorn_options)).run(sockets=[listening])

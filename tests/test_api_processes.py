@@ -105,6 +105,33 @@ def test_a_serving_process_that_dies_is_replaced(tmp_path: Path) -> None:
     assert stack.api is not None and stack.api.returncode == 0, stack.logs("api.log")  # a clean stop
 
 
+def test_a_key_revoked_through_one_process_is_refused_by_every_process_at_once(tmp_path: Path) -> None:
+    """Each process trusts a key it checked for LORAQ_API_KEY_CACHE_SECONDS (10); a revocation through one
+    must not leave the other answering for the leaked key until then."""
+    stack = two_processes(tmp_path)
+    clients: list[httpx.Client] = []
+    try:
+        with stack.client() as admin:
+            project = admin.post("/v1/projects", json={"name": "leaky"}).json()
+            key = admin.post(f"/v1/projects/{project['id']}/api_keys").json()
+        # Each client holds its own connection; together they reach both processes, and each process
+        # checks the key, and keeps it, on its first request.
+        for _ in range(CONNECTIONS // 2):
+            client = stack.client(key["value"])
+            clients.append(client)
+            assert client.get("/v1/files").status_code == 200
+        assert min(connections_held(stack).values()) > 0, "both processes have checked the key"
+        with stack.client() as admin:
+            revoked = admin.delete(f"/v1/projects/{project['id']}/api_keys/{key['id']}")
+            assert revoked.status_code == 200
+        answers = [client.get("/v1/files").status_code for client in clients]
+        assert answers == [401] * len(clients)
+    finally:
+        for client in clients:
+            client.close()
+        stack.stop()
+
+
 def test_a_port_another_program_holds_fails_the_start(tmp_path: Path) -> None:
     """SO_REUSEPORT would let a second program with the same user share the port with loraq, each taking
     a part of the connections: the start checks the port is free first, as one uvicorn process does."""

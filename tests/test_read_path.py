@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import multiprocessing
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from api.app import create_app
 from api.schemas.jobs import JobPublic
+from api.serving import Revocations
 from loraq.core.db import get_engine, get_read_sessionmaker, get_sessionmaker, session_scope
 from loraq.core.settings import get_settings
 from loraq.jobs import repository
@@ -133,6 +135,25 @@ def test_a_check_that_began_before_a_revocation_is_not_remembered() -> None:
     assert recent.get("hash-1") is None
     recent.remember("hash-1", live, revocations_before=recent.revocations)
     assert recent.get("hash-1") == live
+
+
+def test_a_key_revoked_by_a_sibling_process_is_forgotten_with_every_other() -> None:
+    """The API's processes share a count of revocations (api/serving.py): when it moves, each empties its
+    cache, since it cannot tell which key went; a check that began before it is not remembered either."""
+    shared = Revocations(multiprocessing.get_context("spawn"))
+    revoking, sibling = RecentKeys(ttl=60, shared=shared), RecentKeys(ttl=60, shared=shared)
+    leaked = CheckedKey(id="key-1", project_id="project-1", is_admin=False)
+    other = CheckedKey(id="key-2", project_id="project-2", is_admin=False)
+    for recent in (revoking, sibling):
+        recent.remember("hash-1", leaked, revocations_before=recent.revocations)
+    sibling.remember("hash-2", other, revocations_before=sibling.revocations)
+    checking_before = sibling.revocations  # a request on the sibling starts its query
+    revoking.forget("hash-1")
+    assert sibling.get("hash-1") is None and sibling.get("hash-2") is None
+    sibling.remember("hash-1", leaked, revocations_before=checking_before)
+    assert sibling.get("hash-1") is None
+    sibling.remember("hash-2", other, revocations_before=sibling.revocations)  # checked again, live
+    assert sibling.get("hash-2") == other
 
 
 def test_a_remembered_key_expires_after_its_time() -> None:

@@ -12,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Protocol
 
 from sqlalchemy.orm import Session
 
@@ -41,19 +42,29 @@ class RecentKeys:
     ago (a dashboard polls every 2 s): they skip its query, and the API its trip through the thread pool.
 
     A revocation forgets its key here once it commits, so the process that revoked a key refuses it at
-    once; another process trusts it for at most `ttl` more seconds.
+    once, and so do its sibling API processes when they share a revocation counter (`share_revocations`):
+    each empties its cache when the count moves. Another machine trusts the key for at most `ttl` more
+    seconds.
     """
 
-    def __init__(self, ttl: float, capacity: int = 4096) -> None:
+    def __init__(self, ttl: float, capacity: int = 4096, shared: SharedCounter | None = None) -> None:
         self.ttl = ttl
         self.capacity = capacity
         self._keys: OrderedDict[str, tuple[float, CheckedKey]] = OrderedDict()
         self._lock = threading.Lock()  # the event loop reads; request threads write
         # Bumped by every revocation: a check that began before one may have read the key as live.
-        self.revocations = 0
+        self._revocations = shared or _ProcessCounter()
+        self._emptied_at = self.revocations
+
+    @property
+    def revocations(self) -> int:
+        return self._revocations.value
 
     def get(self, key_hash: str) -> CheckedKey | None:
         with self._lock:
+            if (revocations := self.revocations) != self._emptied_at:
+                self._keys.clear()  # a sibling process revoked a key; which one, it does not say
+                self._emptied_at = revocations
             entry = self._keys.get(key_hash)
             if entry is None:
                 return None
@@ -73,13 +84,43 @@ class RecentKeys:
 
     def forget(self, key_hash: str) -> None:
         with self._lock:
-            self.revocations += 1
+            self._revocations.increment()
             self._keys.pop(key_hash, None)
+
+
+class SharedCounter(Protocol):
+    """A count the API processes of one machine share (api/serving.py makes it in shared memory)."""
+
+    @property
+    def value(self) -> int: ...
+
+    def increment(self) -> None: ...
+
+
+class _ProcessCounter:
+    """The count of a process alone."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def increment(self) -> None:
+        self.value += 1
+
+
+_shared_revocations: SharedCounter | None = None
+
+
+def share_revocations(counter: SharedCounter) -> None:
+    """Before the first request: count revocations in `counter`, which this process's sibling API processes
+    share, so that a key one of them revokes is refused by all at once."""
+    global _shared_revocations
+    _shared_revocations = counter
+    recent_keys.cache_clear()
 
 
 @lru_cache
 def recent_keys() -> RecentKeys:
-    return RecentKeys(get_settings().api_key_cache_seconds)
+    return RecentKeys(get_settings().api_key_cache_seconds, shared=_shared_revocations)
 
 
 def hash_key(raw_key: str) -> str:
