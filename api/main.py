@@ -51,7 +51,7 @@ def main() -> None:
         "http": "httptools",
         "loop": "uvloop",
     }
-    workers = settings.api_workers
+    workers = settings.api_processes
     if workers == 1:
         uvicorn.run(**options)
         return

@@ -3,16 +3,17 @@ costs little CPU; optionally side by side with another commit of loraq, interlea
 
 `bench/api_load.py` drives the API with Python (httpx), which on a small machine takes about as much CPU
 per request as the API itself. This runs one `loraq-api` (default settings, or whatever LORAQ_* the
-environment sets, e.g. LORAQ_API_WORKERS=2) over N jobs and lets `wrk` (apt-get install wrk) GET them at
-each concurrency for a few seconds. With --against REF, a second `loraq-api` runs the code of REF (a git
-worktree, first on PYTHONPATH) on the same database; rounds alternate which goes first, and the CPU the
-API's processes used per request (the figure that host noise moves least) is printed with its ratio.
+environment sets, e.g. LORAQ_API_WORKERS=1 for a single process) over N jobs and lets `wrk` (apt-get
+install wrk) GET them at each concurrency for a few seconds. With --against REF, a second `loraq-api`
+runs the code of REF (a git worktree, first on PYTHONPATH) on the same database; rounds alternate which
+goes first, and the CPU the API's processes used per request (the figure that host noise moves least) is
+printed with its ratio.
 On Postgres, when the processes' pools together would pass the server's connections (two deployments of
-LORAQ_API_WORKERS=2 with the default pool do), both run with a smaller pool and as many threads, and the
+two API processes with the default pool do), both run with a smaller pool and as many threads, and the
 bench says so.
 
     .venv/bin/python bench/api_wrk.py                       # SQLite, 2,000 jobs, 1/16/64 clients
-    LORAQ_API_WORKERS=2 .venv/bin/python bench/api_wrk.py --database postgres
+    LORAQ_API_WORKERS=1 .venv/bin/python bench/api_wrk.py --database postgres    # one API process
     .venv/bin/python bench/api_wrk.py --database postgres --jobs 10000 --against HEAD~1 --rounds 3
     .venv/bin/python bench/api_wrk.py --database postgres --list     # the jobs list, as the dashboard polls
 """
@@ -81,7 +82,7 @@ def within_connection_limit(deployments: int, limit: int = POSTGRES_CONNECTIONS)
     from loraq.core.settings import get_settings
 
     settings = get_settings()  # the LORAQ_* the environment sets, as each API process will read them
-    processes = deployments * settings.api_workers
+    processes = deployments * settings.api_processes
     pool = settings.db_pool_size
     if processes * (pool + pool // 4) <= limit:
         return {}

@@ -22,6 +22,10 @@ from tests.helpers import FAST_TIMINGS, FINISHED
 from tests.smollm2_cache import link_smollm2
 
 VENV_BIN = Path(sys.executable).parent
+# One API process unless a test says otherwise: its children are the API's own, its log the whole API's.
+# The default (two processes on a two-core machine) runs in tests/test_serve.py, tests/test_packaging.py
+# and tests/test_api_processes.py.
+ONE_API_PROCESS = {"LORAQ_API_WORKERS": "1"}
 
 
 def free_port() -> int:
@@ -73,7 +77,7 @@ class Stack:
         log = (self.home / log_name).open("ab")
         return subprocess.Popen(
             [str(VENV_BIN / command)],
-            env={**os.environ, **self.env, "PORT": str(self.port)},
+            env={**os.environ, **ONE_API_PROCESS, **self.env, "PORT": str(self.port)},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: kill -9 reaches Celery's children too

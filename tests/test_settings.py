@@ -37,3 +37,20 @@ def test_the_readme_stands_alone() -> None:
     for path in re.findall(r"`((?:loraq|api|worker|tests|docs|scripts|bench)/[\w/.-]+\.(?:py|md))`", README):
         assert (Path(__file__).resolve().parent.parent / path).exists(), path
     assert "Celery beat" not in README  # the reconciler is a thread in each worker
+
+
+def test_api_workers_auto_is_one_process_per_usable_core_up_to_two(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LORAQ_API_WORKERS", raising=False)
+    for cores, processes in (({0}, 1), ({0, 1}, 2), (set(range(64)), 2)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _pid, cores=cores: cores)
+        assert Settings().api_processes == processes  # the default is auto
+    assert Settings(api_workers=3).api_processes == 3  # named, it is taken as it is
+    monkeypatch.setenv("LORAQ_API_WORKERS", "1")
+    assert Settings().api_processes == 1
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "two", "Auto"])
+def test_api_workers_is_a_count_or_auto(count: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LORAQ_API_WORKERS", count)
+    with pytest.raises(ValidationError, match="api_workers"):
+        Settings()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The most API processes LORAQ_API_WORKERS=auto runs: two fill a two-core host (twice one's GETs a second);
+# past that the API rarely needs more, and each more holds its own pool of Postgres's 100 connections.
+AUTO_API_WORKERS = 2
 
 
 class Settings(BaseSettings):
@@ -60,12 +65,16 @@ class Settings(BaseSettings):
     # Threads for those requests and for the ones that wait on something else without a slot: an upload's
     # body as it streams, an estimate while another process tokenizes.
     api_threads: int = Field(default=32, ge=1, description="Threads per API process; above api_concurrency.")
-    api_workers: int = Field(default=1, ge=1, description="API processes, each on its own socket.")
+    # One process answers on one core (the GIL); "auto": one per core this process may use, up to two.
+    api_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto", description="API processes, each on its own socket; auto: one per core, at most 2."
+    )
     # A revocation applies at once in the API process that made it, within this many seconds in others.
     api_key_cache_seconds: float = Field(
         default=10, ge=0, description="How long an API process trusts a key it checked; 0: every request."
     )
-    db_pool_size: int = Field(default=40, ge=1, description="Connections per process; above api_threads.")
+    # Two API processes with a burst each (x1.25) take 85 of Postgres's default 100 connections.
+    db_pool_size: int = Field(default=34, ge=1, description="Connections per process; above api_threads.")
     db_pool_timeout_seconds: float = Field(
         default=3, gt=0, description="The longest wait for a free slot or connection before a 503."
     )
@@ -112,6 +121,12 @@ class Settings(BaseSettings):
         if self.environment == "production" and not (self.database_url and self.broker_url):
             raise ValueError("production needs LORAQ_DATABASE_URL and LORAQ_BROKER_URL set explicitly")
         return self
+
+    @property
+    def api_processes(self) -> int:
+        if self.api_workers != "auto":
+            return self.api_workers
+        return min(AUTO_API_WORKERS, len(os.sched_getaffinity(0)))
 
     @property
     def resolved_database_url(self) -> str:

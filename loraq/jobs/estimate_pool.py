@@ -1,8 +1,9 @@
 """Estimates computed in a process of their own, cached: the API never holds the GIL to tokenize a file.
 
 One spawned process, started on the first estimate, tokenizes (chat templates are rendered in Python);
-the API's thread only waits for it. Answers are cached per (file content, model, spec, device), and an
-estimate still running when its caller gives up lands in the cache for the retry.
+the API's thread only waits for it. Answers are cached in each API process per (file content, model,
+spec, device), and an estimate still running when its caller gives up lands in the cache for the retry (a
+retry that reaches the API's other process estimates again: a few seconds, sampled).
 """
 
 from __future__ import annotations
