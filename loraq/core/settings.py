@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     api_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="API processes, each on its own socket; auto: one per core, at most 2."
     )
-    # A revocation applies at once in the API process that made it, within this many seconds in others.
+    # A revocation applies at once in every API process of the machine that made it (they share a count),
+    # within this many seconds on other machines.
     api_key_cache_seconds: float = Field(
         default=10, ge=0, description="How long an API process trusts a key it checked; 0: every request."
     )
