@@ -1,13 +1,13 @@
 """GET job under wrk: the API's own throughput, latency and CPU per request, with a load generator that
 costs little CPU; optionally side by side with another commit of loraq, interleaved.
 
-`bench/api_load.py` drives the API with Python (httpx), which on a small machine takes about as much CPU
-per request as the API itself. This runs one `loraq-api` (default settings, or whatever LORAQ_* the
-environment sets, e.g. LORAQ_API_WORKERS=1 for a single process) over N jobs and lets `wrk` (apt-get
-install wrk) GET them at each concurrency for a few seconds. With --against REF, a second `loraq-api`
-runs the code of REF (a git worktree, first on PYTHONPATH) on the same database; rounds alternate which
-goes first, and the CPU the API's processes used per request (the figure that host noise moves least) is
-printed with its ratio.
+`bench/api_load.py` drives the API from Python (its own keep-alive client, about a tenth of the API's
+CPU per request; it used httpx, which took as much as the API). This runs one `loraq-api` (default
+settings, or whatever LORAQ_* the environment sets, e.g. LORAQ_API_WORKERS=1 for a single process) over
+N jobs and lets `wrk` (apt-get install wrk) GET them at each concurrency for a few seconds. With
+--against REF, a second `loraq-api` runs the code of REF (a git worktree, first on PYTHONPATH) on the same
+database; rounds alternate which goes first, and the CPU the API's processes used per request (the
+figure that host noise moves least) is printed with its ratio.
 On Postgres, when the processes' pools together would pass the server's connections (two deployments of
 two API processes with the default pool do), both run with a smaller pool and as many threads, and the
 bench says so.
