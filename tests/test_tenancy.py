@@ -71,7 +71,8 @@ def test_a_key_revoked_through_another_api_process_is_refused_within_its_cache_t
     stack: Stack, other_project: tuple[dict[str, Any], str]
 ) -> None:
     """An API process trusts a key it checked for LORAQ_API_KEY_CACHE_SECONDS; the process that revokes a
-    key refuses it at once, another one (LORAQ_API_WORKERS, a replica) once its cache time is up."""
+    key refuses it at once, a replica (another deployment on the same database, sharing no memory) once its
+    cache time is up. The processes of one deployment learn at once: tests/test_api_processes.py."""
     project, secret = other_project
     cache_seconds = 2
     replica = Stack(
