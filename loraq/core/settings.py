@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from loraq.core.cores import usable_cores
 
 # The most API processes LORAQ_API_WORKERS=auto runs: two fill a two-core host (twice one's GETs a second);
 # past that the API rarely needs more, and each more holds its own pool of Postgres's 100 connections.
@@ -65,7 +66,8 @@ class Settings(BaseSettings):
     # Threads for those requests and for the ones that wait on something else without a slot: an upload's
     # body as it streams, an estimate while another process tokenizes.
     api_threads: int = Field(default=32, ge=1, description="Threads per API process; above api_concurrency.")
-    # One process answers on one core (the GIL); "auto": one per core this process may use, up to two.
+    # One process answers on one core (the GIL); "auto": one per core this process may use (its CPUs, and
+    # its cgroup's CPU quota: a container's limit), up to two.
     api_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto", description="API processes, each on its own socket; auto: one per core, at most 2."
     )
@@ -127,7 +129,7 @@ class Settings(BaseSettings):
     def api_processes(self) -> int:
         if self.api_workers != "auto":
             return self.api_workers
-        return min(AUTO_API_WORKERS, len(os.sched_getaffinity(0)))
+        return min(AUTO_API_WORKERS, usable_cores())
 
     @property
     def resolved_database_url(self) -> str:
