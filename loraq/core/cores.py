@@ -11,7 +11,8 @@ from pathlib import Path
 
 def usable_cores(proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")) -> int:
     """At least one."""
-    cores = len(os.sched_getaffinity(0))
+    # sched_getaffinity is Linux's; elsewhere (a laptop running `make serve`) every CPU counts.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_cpu_quota(proc_cgroup, root)
     return cores if quota is None else max(1, min(cores, math.ceil(quota)))
 
