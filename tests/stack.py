@@ -23,8 +23,8 @@ from tests.smollm2_cache import link_smollm2
 
 VENV_BIN = Path(sys.executable).parent
 # One API process unless a test says otherwise: its children are the API's own, its log the whole API's.
-# The default (two processes on a two-core machine) runs in tests/test_serve.py, tests/test_packaging.py
-# and tests/test_api_processes.py.
+# The default (auto: two processes on a two-core machine) runs in tests/test_serve.py and
+# tests/test_packaging.py; tests/test_api_processes.py names two.
 ONE_API_PROCESS = {"LORAQ_API_WORKERS": "1"}
 
 
